@@ -1,0 +1,128 @@
+"""The autograd Functions around the fused kernels.
+
+Forward and first-order backward run one fused kernel each. When a backward itself is
+being recorded (``create_graph=True``, i.e. grad mode is on inside ``backward``), the
+backward is computed with the differentiable reference formula instead, so higher-order
+derivatives are exact rather than silently wrong; the ordinary WGAN-GP step never takes
+that path.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, NamedTuple
+
+import torch
+from torch import Tensor
+
+from fastgp.backends import reference
+
+
+class Kernels(NamedTuple):
+    """The four kernels of one backend on one device type (signatures as in ``reference``)."""
+
+    interpolate: Callable
+    interpolate_backward: Callable
+    penalty_forward: Callable
+    penalty_backward: Callable
+
+
+_kernels: dict[tuple[str, str], Kernels] = {}
+
+
+def kernels(backend: str, device_type: str) -> Kernels:
+    """Kernels for a resolved backend name; dispatcher ops where the dispatcher has them.
+
+    ``cpp`` (CPU) and ``triton`` on CUDA go through ``torch.ops.fastgp`` (opaque to
+    ``torch.compile``, with fake kernels); Triton on CPU tensors (the interpreter, for tests)
+    calls its launchers directly because the CPU dispatch key belongs to the C++ kernels.
+    """
+    key = (backend, device_type)
+    found = _kernels.get(key)
+    if found is None:
+        if backend == "cpp" or (backend == "triton" and device_type == "cuda"):
+            ops = torch.ops.fastgp
+            found = Kernels(
+                ops.interpolate.default,
+                ops.interpolate_backward.default,
+                ops.penalty_forward.default,
+                ops.penalty_backward.default,
+            )
+        else:
+            from fastgp.backends import implementation
+
+            module = implementation(backend)
+            found = Kernels(
+                module.interpolate,
+                module.interpolate_backward,
+                module.penalty_forward,
+                module.penalty_backward,
+            )
+        _kernels[key] = found
+    return found
+
+
+class InterpolateFunction(torch.autograd.Function):
+    """x_hat = alpha * real + (1 - alpha) * fake per sample; used when real or fake need grad."""
+
+    @staticmethod
+    def forward(ctx, backend: str, alpha: Tensor, real: Tensor, fake: Tensor) -> Tensor:
+        ctx.backend = backend
+        ctx.save_for_backward(alpha)
+        return kernels(backend, real.device.type).interpolate(real, fake, alpha)
+
+    @staticmethod
+    def backward(ctx, grad_out: Tensor):
+        (alpha,) = ctx.saved_tensors
+        need_real, need_fake = ctx.needs_input_grad[2], ctx.needs_input_grad[3]
+        if torch.is_grad_enabled():
+            grads = reference.interpolate_backward(grad_out, alpha, need_real, need_fake)
+        else:
+            k = kernels(ctx.backend, grad_out.device.type)
+            grads = k.interpolate_backward(grad_out, alpha, need_real, need_fake)
+        grads = list(grads)
+        grad_real = grads.pop(0) if need_real else None
+        grad_fake = grads.pop(0) if need_fake else None
+        return None, None, grad_real, grad_fake
+
+
+class PenaltyFromGradsFunction(torch.autograd.Function):
+    """(penalty, norms) from per-sample gradients; see ``reference.penalty_forward``.
+
+    ``norms`` is returned detached (non-differentiable): it is for logging.
+    """
+
+    @staticmethod
+    def forward(
+        ctx,
+        backend: str,
+        inv_scale: float,
+        lambda_gp: float,
+        center: float,
+        one_sided: bool,
+        pac: int,
+        *grads: Tensor,
+    ) -> tuple[Tensor, Tensor]:
+        k = kernels(backend, grads[0].device.type)
+        penalty, norms = k.penalty_forward(list(grads), inv_scale, lambda_gp, center, one_sided, pac)
+        ctx.backend = backend
+        ctx.params = (inv_scale, lambda_gp, center, one_sided, pac)
+        ctx.save_for_backward(norms, *grads)
+        ctx.mark_non_differentiable(norms)
+        return penalty, norms
+
+    @staticmethod
+    def backward(ctx, grad_penalty: Tensor, grad_norms: Tensor | None):
+        norms, *grads = ctx.saved_tensors
+        inv_scale, lambda_gp, center, one_sided, pac = ctx.params
+        if torch.is_grad_enabled():
+            # Recompute the norms differentiably so the second derivative sees how the
+            # per-sample coefficient depends on g.
+            _, norms = reference.penalty_forward(grads, inv_scale, lambda_gp, center, one_sided, pac)
+            dgrads = reference.penalty_backward(
+                grad_penalty, grads, norms, inv_scale, lambda_gp, center, one_sided, pac
+            )
+        else:
+            dgrads = kernels(ctx.backend, norms.device.type).penalty_backward(
+                grad_penalty, grads, norms, inv_scale, lambda_gp, center, one_sided, pac
+            )
+        return (None,) * 6 + tuple(dgrads)

@@ -1,0 +1,113 @@
+"""Backend selection: which implementation runs a call, and why the others do not.
+
+Backends (``name``: what runs):
+- ``"triton"``: Triton kernels; CUDA tensors (CPU tensors only under ``TRITON_INTERPRET=1``).
+- ``"cpp"``: C++ kernels from ``csrc/``, built with ninja on first use; CPU tensors.
+- ``"torch"``: the pure PyTorch reference (``fastgp.backends.reference``); anything.
+
+``"auto"`` picks Triton for CUDA tensors and C++ for CPU tensors, and falls back to the
+reference when the pick cannot run, with one warning that names the reason (cached per
+reason: no retry on every call). An explicitly requested backend that cannot run raises
+``BackendUnavailable`` with the underlying reason. The environment variable
+``FASTGP_BACKEND`` replaces ``"auto"`` (an explicit ``backend=`` argument in code wins).
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+
+import torch
+
+from fastgp.backends.errors import BackendUnavailable
+
+BACKENDS = ("triton", "cpp", "torch")
+KERNEL_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+
+__all__ = ["BACKENDS", "BackendUnavailable", "resolve_backend", "unavailable_reason"]
+
+# (requested, device type, dtype) -> resolved backend name; filled on first use.
+_resolved: dict[tuple[str, str, torch.dtype], str] = {}
+_warned: set[str] = set()
+
+
+def unavailable_reason(name: str, device: torch.device, dtype: torch.dtype) -> str | None:
+    """None if backend ``name`` can run on tensors of this device and dtype, else why not.
+
+    Asking about ``"cpp"`` builds the C++ extension if it has not been built yet.
+    """
+    if name == "torch":
+        return None
+    if dtype not in KERNEL_DTYPES:
+        return f"dtype {dtype} is not supported by the {name} kernels"
+    if name == "cpp":
+        if device.type != "cpu":
+            return f"the C++ kernels run CPU tensors, got a tensor on {device.type}"
+        try:
+            from fastgp.backends import cpp
+        except ImportError as exc:
+            return f"the C++ backend cannot be imported ({exc})"
+        return cpp.availability()
+    if name == "triton":
+        try:
+            from fastgp.backends import triton as triton_backend
+        except ImportError as exc:
+            return f"triton cannot be imported ({exc}); pip install triton"
+        return triton_backend.availability(device)
+    raise ValueError(f"backend must be one of 'auto', {', '.join(map(repr, BACKENDS))}; got {name!r}")
+
+
+def resolve_backend(backend: str, device: torch.device, dtype: torch.dtype) -> str:
+    """The backend that will run a call on tensors of this device and dtype."""
+    key = (backend, device.type, dtype)
+    name = _resolved.get(key)
+    if name is not None:
+        return name
+    requested = backend
+    if requested == "auto":
+        requested = os.environ.get("FASTGP_BACKEND", "auto").strip().lower() or "auto"
+    if requested == "auto":
+        preferred = "triton" if device.type == "cuda" else "cpp" if device.type == "cpu" else None
+        if preferred is None:
+            reason = f"fastgp has no fused kernel for {device.type} tensors"
+        else:
+            try:
+                reason = unavailable_reason(preferred, device, dtype)
+            except Exception as exc:  # a probe must never turn "auto" into a crash
+                reason = f"checking the {preferred} backend failed: {type(exc).__name__}: {exc}"
+        name = preferred if reason is None else "torch"
+        if reason is not None and reason not in _warned:
+            _warned.add(reason)
+            warnings.warn(
+                f"fastgp: using the PyTorch reference implementation because {reason}",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+    else:
+        reason = unavailable_reason(requested, device, dtype)
+        if reason is not None:
+            raise BackendUnavailable(f"fastgp backend {requested!r} cannot run: {reason}")
+        name = requested
+    _resolved[key] = name
+    return name
+
+
+def implementation(name: str):
+    """The module implementing backend ``name`` (the four functions of ``reference``)."""
+    if name == "cpp":
+        from fastgp.backends import cpp
+
+        return cpp
+    if name == "triton":
+        from fastgp.backends import triton as triton_backend
+
+        return triton_backend
+    from fastgp.backends import reference
+
+    return reference
+
+
+def clear_cache() -> None:
+    """Forget resolved backends and emitted warnings (tests; after installing a compiler)."""
+    _resolved.clear()
+    _warned.clear()

@@ -1,0 +1,217 @@
+"""Critic regularisers: WGAN-GP (and its one-sided / packed variants), R1, R2, DRAGAN.
+
+Each builds the points to regularise, runs the critic there, takes
+``g = d sum(critic(x)) / dx`` with ``create_graph=True`` and hands ``g`` to the fused
+``penalty_from_grads``, so the result's backward reaches the critic's parameters.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import torch
+from torch import Tensor
+
+from fastgp.backends import reference, resolve_backend
+from fastgp.functional import interpolate_with, penalty_with
+from fastgp.validation import (
+    as_tensor_tuple,
+    check_batch,
+    check_pac,
+    check_pair,
+    check_weight,
+    inverse_scale,
+    per_sample_alpha,
+)
+
+Critic = Callable[..., Tensor]
+
+
+def gradient_penalty(
+    critic: Critic,
+    real: Tensor | tuple[Tensor, ...],
+    fake: Tensor | tuple[Tensor, ...],
+    *critic_args: Any,
+    lambda_gp: float = 10.0,
+    center: float = 1.0,
+    one_sided: bool = False,
+    alpha: Tensor | float | None = None,
+    generator: torch.Generator | None = None,
+    grad_scale: float | torch.amp.GradScaler | None = None,
+    pac: int = 1,
+    backend: str = "auto",
+    return_norms: bool = False,
+    **critic_kwargs: Any,
+) -> Tensor | tuple[Tensor, Tensor]:
+    """WGAN-GP: ``lambda_gp * mean_i (||grad_x critic(x_hat)_i|| - center)**2``.
+
+    ``x_hat = alpha * real + (1 - alpha) * fake`` with one alpha per sample (per group of
+    ``pac`` samples), drawn U[0, 1) from ``generator`` unless given.
+
+    Args:
+        critic: called as ``critic(*x_hat, *critic_args, **critic_kwargs)``; any output
+            shape ((B,), (B, 1), patch maps): the output is summed before differentiating.
+        real, fake: (B, *) tensors, or tuples of them for a critic with several inputs
+            (each interpolated with the same alpha; the norm covers all of them). If they
+            require grad, the penalty's gradient reaches them too.
+        critic_args, critic_kwargs: passed unchanged (labels of a conditional critic).
+        lambda_gp: weight, >= 0. center: target norm. one_sided: WGAN-LP's
+            ``max(0, ||g|| - center)**2``.
+        alpha: None, a float, or a tensor of shape (B,) / (B, 1, ..., 1), or (B // pac,)
+            with pac > 1.
+        generator: ``torch.Generator`` for alpha.
+        grad_scale: a float or a ``torch.amp.GradScaler``: the critic output is multiplied
+            by the scale before ``autograd.grad`` (fp16 gradients do not underflow) and the
+            kernel removes it inside the norm.
+        pac: PacGAN / CTGAN packing: the critic scores groups of ``pac`` consecutive
+            samples; alpha and the norm are per group. B must be divisible by pac.
+        backend: ``"auto"``, ``"triton"``, ``"cpp"`` or ``"torch"`` (see ``fastgp.backends``).
+        return_norms: also return the detached per-group gradient norms, (B // pac,).
+
+    Returns:
+        0-dim penalty (fp32, or fp64 for fp64 inputs); with ``return_norms``,
+        ``(penalty, norms)``.
+    """
+    reals, fakes = as_tensor_tuple(real, "real"), as_tensor_tuple(fake, "fake")
+    batch = check_pair(reals, fakes)
+    check_pac(pac, batch)
+    lambda_gp = check_weight(lambda_gp, "lambda_gp")
+    first = reals[0]
+    name = resolve_backend(backend, first.device, first.dtype)
+    a = per_sample_alpha(
+        alpha, batch, pac, first, reference.accumulation_dtype(first.dtype), generator
+    )
+    points = tuple(interpolate_with(name, r, f, a) for r, f in zip(reals, fakes))
+    return _penalty_at(
+        critic, points, critic_args, critic_kwargs, name, lambda_gp, float(center),
+        bool(one_sided), grad_scale, pac, return_norms, "the interpolates x_hat",
+    )
+
+
+def r1_penalty(
+    critic: Critic,
+    real: Tensor | tuple[Tensor, ...],
+    *critic_args: Any,
+    gamma: float = 10.0,
+    grad_scale: float | torch.amp.GradScaler | None = None,
+    backend: str = "auto",
+    return_norms: bool = False,
+    **critic_kwargs: Any,
+) -> Tensor | tuple[Tensor, Tensor]:
+    """R1 (Mescheder et al. 2018): ``gamma / 2 * mean_i ||grad_x critic(real)_i||**2``.
+
+    Arguments as in ``gradient_penalty``; ``real`` is used as it is if it requires grad
+    (the penalty's gradient then reaches it), else a detached copy that requires grad.
+    """
+    return _zero_centred(
+        critic, real, "real", critic_args, critic_kwargs, gamma, grad_scale, backend, return_norms
+    )
+
+
+def r2_penalty(
+    critic: Critic,
+    fake: Tensor | tuple[Tensor, ...],
+    *critic_args: Any,
+    gamma: float = 10.0,
+    grad_scale: float | torch.amp.GradScaler | None = None,
+    backend: str = "auto",
+    return_norms: bool = False,
+    **critic_kwargs: Any,
+) -> Tensor | tuple[Tensor, Tensor]:
+    """R2: ``gamma / 2 * mean_i ||grad_x critic(fake)_i||**2``, R1 on generated samples."""
+    return _zero_centred(
+        critic, fake, "fake", critic_args, critic_kwargs, gamma, grad_scale, backend, return_norms
+    )
+
+
+def dragan_penalty(
+    critic: Critic,
+    real: Tensor | tuple[Tensor, ...],
+    *critic_args: Any,
+    lambda_gp: float = 10.0,
+    center: float = 1.0,
+    alpha: Tensor | float | None = None,
+    generator: torch.Generator | None = None,
+    grad_scale: float | torch.amp.GradScaler | None = None,
+    backend: str = "auto",
+    return_norms: bool = False,
+    **critic_kwargs: Any,
+) -> Tensor | tuple[Tensor, Tensor]:
+    """DRAGAN (Kodali et al. 2017): the gradient penalty around perturbed real data.
+
+    ``x_hat = real + alpha * delta`` with ``delta = 0.5 * std(real) * U[0, 1)`` elementwise
+    (std over the whole batch of each input, as in the DRAGAN code) and one alpha per
+    sample; computed as the fused interpolation between ``real + delta`` and ``real``.
+    """
+    reals = as_tensor_tuple(real, "real")
+    batch = check_batch(reals, "real")
+    lambda_gp = check_weight(lambda_gp, "lambda_gp")
+    first = reals[0]
+    name = resolve_backend(backend, first.device, first.dtype)
+    acc = reference.accumulation_dtype(first.dtype)
+    a = per_sample_alpha(alpha, batch, 1, first, acc, generator)
+    points = []
+    for r in reals:
+        with torch.no_grad():
+            noise = torch.rand(
+                r.shape, generator=generator, dtype=acc,
+                device=generator.device if generator is not None else r.device,
+            ).to(r.device)
+            delta = (0.5 * r.to(acc).std() * noise).to(r.dtype)
+        points.append(interpolate_with(name, r + delta, r, a))
+    return _penalty_at(
+        critic, tuple(points), critic_args, critic_kwargs, name, lambda_gp, float(center),
+        False, grad_scale, 1, return_norms, "the perturbed points x_hat",
+    )
+
+
+def _zero_centred(critic, x, label, critic_args, critic_kwargs, gamma, grad_scale, backend,
+                  return_norms):
+    xs = as_tensor_tuple(x, label)
+    check_batch(xs, label)
+    gamma = check_weight(gamma, "gamma")
+    name = resolve_backend(backend, xs[0].device, xs[0].dtype)
+    return _penalty_at(
+        critic, xs, critic_args, critic_kwargs, name, gamma / 2, 0.0, False, grad_scale, 1,
+        return_norms, f"`{label}`",
+    )
+
+
+def _penalty_at(
+    critic: Critic,
+    points: tuple[Tensor, ...],
+    critic_args: tuple,
+    critic_kwargs: dict,
+    backend: str,
+    lambda_gp: float,
+    center: float,
+    one_sided: bool,
+    grad_scale,
+    pac: int,
+    return_norms: bool,
+    what: str,
+) -> Tensor | tuple[Tensor, Tensor]:
+    """Differentiate the critic at ``points`` and reduce the gradients to the penalty."""
+    inv_scale = inverse_scale(grad_scale)
+    points = tuple(p if p.requires_grad else p.detach().requires_grad_() for p in points)
+    with torch.enable_grad():
+        out = critic(*points, *critic_args, **critic_kwargs)
+        if not isinstance(out, Tensor):
+            raise TypeError(f"`critic` must return a Tensor, got {type(out).__name__}")
+        total = out.sum()
+        if inv_scale != 1.0:
+            total = total * (1.0 / inv_scale)
+        if not total.requires_grad:
+            raise ValueError(
+                f"`critic` output does not depend on its input: nothing in it requires grad "
+                f"at {what}. The critic must compute its score from the tensors it is given."
+            )
+        grads = torch.autograd.grad(total, points, create_graph=True, allow_unused=True)
+    for i, g in enumerate(grads):
+        if g is None:
+            which = what if len(points) == 1 else f"input {i} of {what}"
+            raise ValueError(
+                f"`critic` output does not depend on {which}: autograd found no path from "
+                f"that input to the output, so its gradient penalty is undefined."
+            )
+    return penalty_with(backend, grads, lambda_gp, center, one_sided, inv_scale, pac, return_norms)
