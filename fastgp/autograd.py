@@ -9,7 +9,8 @@ that path.
 
 from __future__ import annotations
 
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
@@ -103,7 +104,9 @@ class PenaltyFromGradsFunction(torch.autograd.Function):
         *grads: Tensor,
     ) -> tuple[Tensor, Tensor]:
         k = kernels(backend, grads[0].device.type)
-        penalty, norms = k.penalty_forward(list(grads), inv_scale, lambda_gp, center, one_sided, pac)
+        penalty, norms = k.penalty_forward(
+            list(grads), inv_scale, lambda_gp, center, one_sided, pac
+        )
         ctx.backend = backend
         ctx.params = (inv_scale, lambda_gp, center, one_sided, pac)
         ctx.save_for_backward(norms, *grads)
@@ -117,7 +120,9 @@ class PenaltyFromGradsFunction(torch.autograd.Function):
         if torch.is_grad_enabled():
             # Recompute the norms differentiably so the second derivative sees how the
             # per-sample coefficient depends on g.
-            _, norms = reference.penalty_forward(grads, inv_scale, lambda_gp, center, one_sided, pac)
+            _, norms = reference.penalty_forward(
+                grads, inv_scale, lambda_gp, center, one_sided, pac
+            )
             dgrads = reference.penalty_backward(
                 grad_penalty, grads, norms, inv_scale, lambda_gp, center, one_sided, pac
             )

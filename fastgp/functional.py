@@ -45,7 +45,9 @@ def interpolate(
         resolve_backend(backend, real.device, real.dtype),
         real,
         fake,
-        per_sample_alpha(alpha, batch, 1, real, reference.accumulation_dtype(real.dtype), generator),
+        per_sample_alpha(
+            alpha, batch, 1, real, reference.accumulation_dtype(real.dtype), generator
+        ),
     )
 
 

@@ -67,8 +67,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"cuda {torch.version.cuda}: {torch.cuda.get_device_name(0)}")
     else:
         print("cuda: no device")
-    print(f"TRITON_INTERPRET={os.environ.get('TRITON_INTERPRET', '')!s} "
-          f"FASTGP_BACKEND={os.environ.get('FASTGP_BACKEND', '')!s}")
+    print(
+        f"TRITON_INTERPRET={os.environ.get('TRITON_INTERPRET', '')!s} "
+        f"FASTGP_BACKEND={os.environ.get('FASTGP_BACKEND', '')!s}"
+    )
     print()
     print("backend  device  status")
     for name, device, status in backend_report(build=not args.no_build):

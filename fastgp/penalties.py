@@ -7,7 +7,8 @@ Each builds the points to regularise, runs the critic there, takes
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -81,10 +82,20 @@ def gradient_penalty(
     a = per_sample_alpha(
         alpha, batch, pac, first, reference.accumulation_dtype(first.dtype), generator
     )
-    points = tuple(interpolate_with(name, r, f, a) for r, f in zip(reals, fakes))
+    points = tuple(interpolate_with(name, r, f, a) for r, f in zip(reals, fakes, strict=False))
     return _penalty_at(
-        critic, points, critic_args, critic_kwargs, name, lambda_gp, float(center),
-        bool(one_sided), grad_scale, pac, return_norms, "the interpolates x_hat",
+        critic,
+        points,
+        critic_args,
+        critic_kwargs,
+        name,
+        lambda_gp,
+        float(center),
+        bool(one_sided),
+        grad_scale,
+        pac,
+        return_norms,
+        "the interpolates x_hat",
     )
 
 
@@ -154,26 +165,49 @@ def dragan_penalty(
     for r in reals:
         with torch.no_grad():
             noise = torch.rand(
-                r.shape, generator=generator, dtype=acc,
+                r.shape,
+                generator=generator,
+                dtype=acc,
                 device=generator.device if generator is not None else r.device,
             ).to(r.device)
             delta = (0.5 * r.to(acc).std() * noise).to(r.dtype)
         points.append(interpolate_with(name, r + delta, r, a))
     return _penalty_at(
-        critic, tuple(points), critic_args, critic_kwargs, name, lambda_gp, float(center),
-        False, grad_scale, 1, return_norms, "the perturbed points x_hat",
+        critic,
+        tuple(points),
+        critic_args,
+        critic_kwargs,
+        name,
+        lambda_gp,
+        float(center),
+        False,
+        grad_scale,
+        1,
+        return_norms,
+        "the perturbed points x_hat",
     )
 
 
-def _zero_centred(critic, x, label, critic_args, critic_kwargs, gamma, grad_scale, backend,
-                  return_norms):
+def _zero_centred(
+    critic, x, label, critic_args, critic_kwargs, gamma, grad_scale, backend, return_norms
+):
     xs = as_tensor_tuple(x, label)
     check_batch(xs, label)
     gamma = check_weight(gamma, "gamma")
     name = resolve_backend(backend, xs[0].device, xs[0].dtype)
     return _penalty_at(
-        critic, xs, critic_args, critic_kwargs, name, gamma / 2, 0.0, False, grad_scale, 1,
-        return_norms, f"`{label}`",
+        critic,
+        xs,
+        critic_args,
+        critic_kwargs,
+        name,
+        gamma / 2,
+        0.0,
+        False,
+        grad_scale,
+        1,
+        return_norms,
+        f"`{label}`",
     )
 
 

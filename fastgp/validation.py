@@ -8,13 +8,17 @@ import torch
 from torch import Tensor
 
 
-def as_tensor_tuple(value: Tensor | tuple[Tensor, ...] | list[Tensor], name: str) -> tuple[Tensor, ...]:
+def as_tensor_tuple(
+    value: Tensor | tuple[Tensor, ...] | list[Tensor], name: str
+) -> tuple[Tensor, ...]:
     """A tensor or a non-empty sequence of tensors, as a tuple."""
     if isinstance(value, Tensor):
         return (value,)
     if isinstance(value, (tuple, list)) and value and all(isinstance(t, Tensor) for t in value):
         return tuple(value)
-    raise TypeError(f"`{name}` must be a Tensor or a non-empty tuple of Tensors, got {type(value).__name__}")
+    raise TypeError(
+        f"`{name}` must be a Tensor or a non-empty tuple of Tensors, got {type(value).__name__}"
+    )
 
 
 def _label(name: str, index: int, count: int) -> str:
@@ -41,9 +45,13 @@ def check_batch(tensors: tuple[Tensor, ...], name: str) -> int:
                 f"{first.shape[0]}; every input needs the same batch size"
             )
         if t.dtype != first.dtype:
-            raise TypeError(f"`{label}` has dtype {t.dtype} but `{_label(name, 0, 2)}` has {first.dtype}")
+            raise TypeError(
+                f"`{label}` has dtype {t.dtype} but `{_label(name, 0, 2)}` has {first.dtype}"
+            )
         if t.device != first.device:
-            raise ValueError(f"`{label}` is on {t.device} but `{_label(name, 0, 2)}` is on {first.device}")
+            raise ValueError(
+                f"`{label}` is on {t.device} but `{_label(name, 0, 2)}` is on {first.device}"
+            )
     return first.shape[0]
 
 
@@ -52,12 +60,14 @@ def check_pair(reals: tuple[Tensor, ...], fakes: tuple[Tensor, ...]) -> int:
     if len(reals) != len(fakes):
         raise ValueError(f"`real` has {len(reals)} tensors but `fake` has {len(fakes)}")
     b = check_batch(reals, "real")
-    for i, (r, f) in enumerate(zip(reals, fakes)):
+    for i, (r, f) in enumerate(zip(reals, fakes, strict=False)):
         rl, fl = _label("real", i, len(reals)), _label("fake", i, len(reals))
         if not f.is_floating_point():
             raise TypeError(f"`{fl}` must be a floating-point tensor, got dtype {f.dtype}")
         if f.shape != r.shape:
-            raise ValueError(f"`{fl}` must have the shape of `{rl}` {tuple(r.shape)}, got {tuple(f.shape)}")
+            raise ValueError(
+                f"`{fl}` must have the shape of `{rl}` {tuple(r.shape)}, got {tuple(f.shape)}"
+            )
         if f.dtype != r.dtype:
             raise TypeError(f"`{fl}` must have the dtype of `{rl}` ({r.dtype}), got {f.dtype}")
         if f.device != r.device:

@@ -54,7 +54,9 @@ def unavailable_reason(name: str, device: torch.device, dtype: torch.dtype) -> s
         except ImportError as exc:
             return f"triton cannot be imported ({exc}); pip install triton"
         return triton_backend.availability(device)
-    raise ValueError(f"backend must be one of 'auto', {', '.join(map(repr, BACKENDS))}; got {name!r}")
+    raise ValueError(
+        f"backend must be one of 'auto', {', '.join(map(repr, BACKENDS))}; got {name!r}"
+    )
 
 
 def resolve_backend(backend: str, device: torch.device, dtype: torch.dtype) -> str:

@@ -40,9 +40,7 @@ def _tile(b: int, d: int) -> tuple[int, int, int]:
 
 def _same_layout(a: Tensor, b: Tensor) -> bool:
     """True if a and b (same shape) lay out their elements in the same memory order."""
-    return all(
-        a.stride(i) == b.stride(i) for i in range(a.dim()) if a.shape[i] != 1
-    )
+    return all(a.stride(i) == b.stride(i) for i in range(a.dim()) if a.shape[i] != 1)
 
 
 def _work_buffer(out: Tensor) -> Tensor:
@@ -208,4 +206,4 @@ def interpolate_backward(
         BLOCK_D=block_d,
         num_warps=num_warps,
     )
-    return [_finish(o, w) for o, w in zip(outs, works)]
+    return [_finish(o, w) for o, w in zip(outs, works, strict=False)]
