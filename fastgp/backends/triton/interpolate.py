@@ -15,6 +15,9 @@ a large batch of small samples would exceed.
 
 from __future__ import annotations
 
+import contextlib
+import os
+
 import torch
 import triton
 import triton.language as tl
@@ -29,6 +32,25 @@ from fastgp.backends.layout import rows_view
 _SMALL_TILE = 1024
 _LARGE_TILE = 4096
 _LARGE_TILE_FROM = _LARGE_TILE * 256  # elements in the problem
+
+
+# Debug aid, read once at import (tests set it): every buffer a kernel writes is first
+# filled with NaN, so an element a kernel forgets to write fails a comparison instead of
+# passing on whatever the allocator left there.
+_POISON = os.environ.get("FASTGP_DEBUG_POISON", "") == "1"
+
+
+def _kernel_output(t: Tensor) -> Tensor:
+    """``t``, NaN-filled when FASTGP_DEBUG_POISON=1; call on every buffer a kernel writes."""
+    if _POISON:
+        t.fill_(float("nan"))
+    return t
+
+
+def _on_device(t: Tensor):
+    """Make t's GPU the current device: Triton launches on the current device, which need
+    not be the one holding the tensors (e.g. inputs on cuda:1 while cuda:0 is current)."""
+    return torch.cuda.device(t.device) if t.device.type == "cuda" else contextlib.nullcontext()
 
 
 def _tile(b: int, d: int) -> tuple[int, int, int]:
@@ -50,8 +72,8 @@ def _work_buffer(out: Tensor) -> Tensor:
     not outermost (e.g. a transposed input); those are computed contiguously and copied.
     """
     if rows_view(out) is not None:
-        return out
-    return torch.empty_like(out, memory_format=torch.contiguous_format)
+        return _kernel_output(out)
+    return _kernel_output(torch.empty_like(out, memory_format=torch.contiguous_format))
 
 
 def _rows_like(t: Tensor, work: Tensor) -> Tensor:
@@ -156,18 +178,19 @@ def interpolate(real: Tensor, fake: Tensor, alpha: Tensor) -> Tensor:
     block_b, block_d, num_warps = _tile(b, d)
     n_chunks = triton.cdiv(d, block_d)
     grid = (triton.cdiv(b, block_b) * n_chunks,)
-    _interpolate_kernel[grid](
-        real_rows,
-        fake_rows,
-        alpha.contiguous(),
-        out_rows,
-        b,
-        d,
-        n_chunks,
-        BLOCK_B=block_b,
-        BLOCK_D=block_d,
-        num_warps=num_warps,
-    )
+    with _on_device(real):
+        _interpolate_kernel[grid](
+            real_rows,
+            fake_rows,
+            alpha.contiguous(),
+            out_rows,
+            b,
+            d,
+            n_chunks,
+            BLOCK_B=block_b,
+            BLOCK_D=block_d,
+            num_warps=num_warps,
+        )
     return _finish(out, work)
 
 
@@ -192,18 +215,19 @@ def interpolate_backward(
     block_b, block_d, num_warps = _tile(b, d)
     n_chunks = triton.cdiv(d, block_d)
     grid = (triton.cdiv(b, block_b) * n_chunks,)
-    _interpolate_backward_kernel[grid](
-        go_rows,
-        alpha.contiguous(),
-        grad_real_rows,
-        grad_fake_rows,
-        b,
-        d,
-        n_chunks,
-        HAS_REAL=need_real,
-        HAS_FAKE=need_fake,
-        BLOCK_B=block_b,
-        BLOCK_D=block_d,
-        num_warps=num_warps,
-    )
+    with _on_device(grad_out):
+        _interpolate_backward_kernel[grid](
+            go_rows,
+            alpha.contiguous(),
+            grad_real_rows,
+            grad_fake_rows,
+            b,
+            d,
+            n_chunks,
+            HAS_REAL=bool(need_real),
+            HAS_FAKE=bool(need_fake),
+            BLOCK_B=block_b,
+            BLOCK_D=block_d,
+            num_warps=num_warps,
+        )
     return [_finish(o, w) for o, w in zip(outs, works, strict=False)]

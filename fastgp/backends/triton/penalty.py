@@ -9,6 +9,9 @@ Semantics are those of ``fastgp.backends.reference.penalty_forward`` and
    [col_offset_t, col_offset_t + n_chunks_t), so every cell is written exactly once.
 2. ``_penalty_finalize_kernel``, one program: reduces each group of ``pac`` rows of
    ``partial`` in a fixed order, then norms, inv_scale, center, one-sided and the mean.
+   One program suffices because ``partial`` stays small: a tensor gets more than one
+   column only when its rows are split (BLOCK_B = 1) into fewer than ``_TARGET_PROGRAMS``
+   row blocks, so it holds at most B + _TARGET_PROGRAMS cells per input tensor.
 
 The backward is one elementwise pass per input tensor that computes the per-row
 coefficient from ``norms`` and ``grad_penalty`` (read from device memory, no host sync).
@@ -30,7 +33,14 @@ from torch import Tensor
 
 from fastgp.backends.layout import rows_view
 from fastgp.backends.reference import accumulation_dtype
-from fastgp.backends.triton.interpolate import _finish, _rows_like, _tile, _work_buffer
+from fastgp.backends.triton.interpolate import (
+    _finish,
+    _kernel_output,
+    _on_device,
+    _rows_like,
+    _tile,
+    _work_buffer,
+)
 
 # The sum-of-squares kernel aims for about this many programs in total: enough to fill a
 # GPU several times over, while a program loops over several tiles of a long row rather
@@ -228,40 +238,42 @@ def penalty_forward(
         chunks = triton.cdiv(tiles, iters)
         plans.append((r, d, block_b, block_d, num_warps, row_blocks, chunks, iters, cols))
         cols += chunks
+    device = rows[0].device
     # Every cell is written exactly once by the launches below.
-    partial = torch.empty((b, cols), dtype=acc, device=rows[0].device)
-    for r, d, block_b, block_d, num_warps, row_blocks, chunks, iters, col_offset in plans:
-        _penalty_sum_squares_kernel[(row_blocks * chunks,)](
-            r,
-            partial,
-            b,
-            d,
-            chunks,
-            iters,
-            col_offset,
-            cols,
-            BLOCK_B=block_b,
-            BLOCK_D=block_d,
-            num_warps=num_warps,
-        )
-    norms = torch.empty((groups,), dtype=acc, device=partial.device)
-    penalty = torch.empty((), dtype=acc, device=partial.device)
+    partial = _kernel_output(torch.empty((b, cols), dtype=acc, device=device))
+    norms = _kernel_output(torch.empty((groups,), dtype=acc, device=device))
+    penalty = _kernel_output(torch.empty((), dtype=acc, device=device))
     length = pac * cols
     block_l = min(triton.next_power_of_2(length), _FINALIZE_MAX_COLS)
-    _penalty_finalize_kernel[(1,)](
-        partial,
-        norms,
-        penalty,
-        groups,
-        length,
-        _f64_bits(inv_scale),
-        _f64_bits(center),
-        _f64_bits(lambda_gp),
-        ONE_SIDED=bool(one_sided),
-        BLOCK_G=_FINALIZE_TILE // block_l,
-        BLOCK_L=block_l,
-        num_warps=4,
-    )
+    with _on_device(partial):
+        for r, d, block_b, block_d, num_warps, row_blocks, chunks, iters, col_offset in plans:
+            _penalty_sum_squares_kernel[(row_blocks * chunks,)](
+                r,
+                partial,
+                b,
+                d,
+                chunks,
+                iters,
+                col_offset,
+                cols,
+                BLOCK_B=block_b,
+                BLOCK_D=block_d,
+                num_warps=num_warps,
+            )
+        _penalty_finalize_kernel[(1,)](
+            partial,
+            norms,
+            penalty,
+            groups,
+            length,
+            _f64_bits(inv_scale),
+            _f64_bits(center),
+            _f64_bits(lambda_gp),
+            ONE_SIDED=bool(one_sided),
+            BLOCK_G=_FINALIZE_TILE // block_l,
+            BLOCK_L=block_l,
+            num_warps=4,
+        )
     return penalty, norms
 
 
@@ -293,21 +305,22 @@ def penalty_backward(
         b, d = g_rows.shape
         block_b, block_d, num_warps = _tile(b, d)
         n_chunks = triton.cdiv(d, block_d)
-        _penalty_backward_kernel[(triton.cdiv(b, block_b) * n_chunks,)](
-            g_rows,
-            norms,
-            grad_penalty,
-            rows_view(work),
-            b,
-            d,
-            pac,
-            n_chunks,
-            _f64_bits(factor),
-            _f64_bits(center),
-            ONE_SIDED=bool(one_sided),
-            BLOCK_B=block_b,
-            BLOCK_D=block_d,
-            num_warps=num_warps,
-        )
+        with _on_device(g_rows):
+            _penalty_backward_kernel[(triton.cdiv(b, block_b) * n_chunks,)](
+                g_rows,
+                norms,
+                grad_penalty,
+                rows_view(work),
+                b,
+                d,
+                pac,
+                n_chunks,
+                _f64_bits(factor),
+                _f64_bits(center),
+                ONE_SIDED=bool(one_sided),
+                BLOCK_B=block_b,
+                BLOCK_D=block_d,
+                num_warps=num_warps,
+            )
         results.append(_finish(out, work))
     return results

@@ -1,0 +1,245 @@
+"""Result rows, the ratios between providers, issue 4's targets, and the output files.
+
+Every row is one (case, provider) measurement. Ratios are computed here, from the medians
+measured in the same run, never typed in: ``speedup_vs_eager = eager median / median``,
+``speedup_vs_compile = compile median / median``, ``frac_of_copy = copy median / median``
+(= GB/s / copy GB/s, both counted with the case's bytes), ``peak_vs_eager = peak / eager
+peak``.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from benchmarks.timing import Timing
+
+FIELDS = (
+    "kind",  # "op" (microbenchmark) or "step" (whole critic step)
+    "op",  # interpolate | penalty | critic_step
+    "mode",  # fwd | fwdbwd | step (W loss + penalty, backward, Adam step)
+    "case",
+    "arch",  # critic architecture (steps only)
+    "batch",
+    "sample_shape",
+    "elements",
+    "dtype",
+    "provider",  # eager | compile | fastgp | copy
+    "backend",  # the fastgp backend that ran (fastgp rows only)
+    "median_ms",
+    "p20_ms",
+    "p80_ms",
+    "repeats",
+    "calls_per_sample",
+    "timer",
+    "bytes",  # counted bytes of one fused pass (see benchmarks/cases.py)
+    "gb_per_s",
+    "frac_of_copy",
+    "speedup_vs_eager",
+    "speedup_vs_compile",
+    "peak_bytes",
+    "peak_vs_eager",
+    "memory_method",
+)
+
+
+def timing_fields(t: Timing) -> dict[str, object]:
+    return {
+        "median_ms": t.median_s * 1e3,
+        "p20_ms": t.p20_s * 1e3,
+        "p80_ms": t.p80_s * 1e3,
+        "repeats": t.repeats,
+        "calls_per_sample": t.calls_per_sample,
+        "timer": t.method,
+    }
+
+
+def add_ratios(rows: list[dict[str, object]]) -> None:
+    """Fill GB/s and every ratio of the rows of one case (same ``case``), in place."""
+    by_provider = {r["provider"]: r for r in rows}
+
+    def ratio(provider: str, field: str, row: dict[str, object]) -> float | None:
+        other = by_provider.get(provider)
+        if other is None or other.get(field) is None or row.get(field) in (None, 0):
+            return None
+        return float(other[field]) / float(row[field])
+
+    for row in rows:
+        if row.get("bytes"):
+            row["gb_per_s"] = float(row["bytes"]) / (float(row["median_ms"]) * 1e-3) / 1e9
+        row["speedup_vs_eager"] = ratio("eager", "median_ms", row)
+        row["speedup_vs_compile"] = ratio("compile", "median_ms", row)
+        if row["kind"] == "op":
+            row["frac_of_copy"] = ratio("copy", "median_ms", row)
+        eager_peak = by_provider.get("eager", {}).get("peak_bytes")
+        if row.get("peak_bytes") is not None and eager_peak:
+            row["peak_vs_eager"] = float(row["peak_bytes"]) / float(eager_peak)
+
+
+@dataclass(frozen=True)
+class Target:
+    """One of issue 4's targets: ``field >= threshold`` (or ``<=``) on the selected rows."""
+
+    text: str
+    kind: str
+    op: str
+    mode: str
+    field: str
+    threshold: float
+    at_least: bool = True
+    min_elements: int = 0
+    max_elements: int | None = None
+
+    def selects(self, row: dict[str, object]) -> bool:
+        n = int(row["elements"])
+        return (
+            row["kind"] == self.kind
+            and row["op"] == self.op
+            and row["mode"] == self.mode
+            and row["provider"] == "fastgp"
+            and n >= self.min_elements
+            and (self.max_elements is None or n <= self.max_elements)
+        )
+
+
+MILLION = 1 << 20
+TARGETS = (
+    Target("norm+penalty fwd+bwd <= 1M elements: >= 3x eager", "op", "penalty", "fwdbwd",
+           "speedup_vs_eager", 3.0, max_elements=MILLION),
+    Target("norm+penalty fwd+bwd <= 1M elements: >= 1.5x torch.compile", "op", "penalty",
+           "fwdbwd", "speedup_vs_compile", 1.5, max_elements=MILLION),
+    Target("norm+penalty fwd+bwd >= 16M elements: >= 70% of copy bandwidth", "op", "penalty",
+           "fwdbwd", "frac_of_copy", 0.7, min_elements=16 * MILLION),
+    Target("norm+penalty fwd+bwd >= 16M elements: no slower than torch.compile", "op",
+           "penalty", "fwdbwd", "speedup_vs_compile", 1.0, min_elements=16 * MILLION),
+    Target("interpolation fwd, every size: >= 3x eager", "op", "interpolate", "fwd",
+           "speedup_vs_eager", 3.0),
+    Target("interpolation fwd >= 10M elements: >= 70% of copy bandwidth", "op", "interpolate",
+           "fwd", "frac_of_copy", 0.7, min_elements=10 * MILLION),
+    Target("critic step: never slower than eager", "step", "critic_step", "step",
+           "speedup_vs_eager", 1.0),
+    Target("critic step: peak memory <= eager", "step", "critic_step", "step",
+           "peak_vs_eager", 1.0, at_least=False),
+)  # fmt: skip
+
+
+def evaluate_targets(rows: Iterable[dict[str, object]]) -> list[dict[str, object]]:
+    """For each target: how many measured cases it covers, which missed, and the worst value.
+
+    ``met`` is None when the run measured no case the target covers (e.g. ``--quick``).
+    """
+    rows = list(rows)
+    results = []
+    for target in TARGETS:
+        checked = [r for r in rows if target.selects(r) and r.get(target.field) is not None]
+        values = [(str(r["case"]), float(r[target.field])) for r in checked]
+        ok = [
+            v >= target.threshold if target.at_least else v <= target.threshold for _, v in values
+        ]
+        missed = [
+            {"case": c, "value": v} for (c, v), good in zip(values, ok, strict=True) if not good
+        ]
+        worst = None
+        if values:
+            pick = min if target.at_least else max
+            worst = pick(values, key=lambda cv: cv[1])
+        results.append(
+            {
+                "target": target.text,
+                "field": target.field,
+                "threshold": target.threshold,
+                "cases": len(values),
+                "cases_met": sum(ok),
+                "met": all(ok) if values else None,
+                "worst_case": worst[0] if worst else None,
+                "worst_value": worst[1] if worst else None,
+                "missed": missed,
+            }
+        )
+    return results
+
+
+def write_json(path: Path, machine: dict, config: dict, rows: list, targets: list) -> None:
+    payload = {"machine": machine, "config": config, "rows": rows, "targets": targets}
+    path.write_text(json.dumps(payload, indent=1, sort_keys=False) + "\n", encoding="utf-8")
+
+
+def write_csv(path: Path, machine: dict, rows: list[dict[str, object]]) -> None:
+    """One row per measurement; the machine columns repeat so files can be concatenated."""
+    machine_fields = ("hostname", "cpu_model", "gpu", "device", "threads", "torch", "date_utc")
+    with path.open("w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=machine_fields + FIELDS)
+        writer.writeheader()
+        for row in rows:
+            out = {k: machine.get(k) for k in machine_fields}
+            out.update({k: row.get(k) for k in FIELDS})
+            writer.writerow(out)
+
+
+def _fmt(value: object, spec: str) -> str:
+    return "–" if value is None else format(value, spec)
+
+
+def markdown_tables(rows: list[dict[str, object]], targets: list[dict[str, object]]) -> str:
+    """The summary printed by ``python -m benchmarks.run``: ops, steps, targets."""
+    lines: list[str] = []
+    ops = [r for r in rows if r["kind"] == "op"]
+    if ops:
+        lines += [
+            "| op | mode | shape | eager ms | compile ms | fastgp ms | copy ms | fastgp GB/s "
+            "| % of copy | × eager | × compile |",
+            "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        for case in dict.fromkeys(r["case"] for r in ops):
+            by = {r["provider"]: r for r in ops if r["case"] == case}
+            ours = by.get("fastgp", {})
+            first = next(iter(by.values()))
+            frac = ours.get("frac_of_copy")
+            lines.append(
+                f"| {first['op']} | {first['mode']} | {first['batch']}×{first['sample_shape']} "
+                + "".join(
+                    f"| {_fmt(by.get(p, {}).get('median_ms'), '.4g')} "
+                    for p in ("eager", "compile", "fastgp", "copy")
+                )
+                + f"| {_fmt(ours.get('gb_per_s'), '.3g')} "
+                f"| {_fmt(None if frac is None else 100 * frac, '.0f')} "
+                f"| {_fmt(ours.get('speedup_vs_eager'), '.2f')} "
+                f"| {_fmt(ours.get('speedup_vs_compile'), '.2f')} |"
+            )
+    steps = [r for r in rows if r["kind"] == "step"]
+    if steps:
+        lines += [
+            "",
+            "| critic step | eager ms | compile ms | fastgp ms | × eager | × compile "
+            "| peak MB eager | peak MB fastgp |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        for case in dict.fromkeys(r["case"] for r in steps):
+            by = {r["provider"]: r for r in steps if r["case"] == case}
+            ours = by.get("fastgp", {})
+            peak = {p: by.get(p, {}).get("peak_bytes") for p in ("eager", "fastgp")}
+            lines.append(
+                f"| {case} "
+                + "".join(
+                    f"| {_fmt(by.get(p, {}).get('median_ms'), '.4g')} "
+                    for p in ("eager", "compile", "fastgp")
+                )
+                + f"| {_fmt(ours.get('speedup_vs_eager'), '.2f')} "
+                f"| {_fmt(ours.get('speedup_vs_compile'), '.2f')} "
+                + "".join(
+                    f"| {_fmt(None if v is None else v / 1e6, '.1f')} " for v in peak.values()
+                )
+                + "|"
+            )
+    if targets:
+        lines += ["", "| issue-4 target | cases met | worst (case) |", "|---|---:|---|"]
+        for t in targets:
+            status = "not measured" if t["met"] is None else ("met" if t["met"] else "MISSED")
+            worst = (
+                "–" if t["worst_value"] is None else f"{t['worst_value']:.2f} ({t['worst_case']})"
+            )
+            lines.append(f"| {t['target']} | {t['cases_met']}/{t['cases']} {status} | {worst} |")
+    return "\n".join(lines)

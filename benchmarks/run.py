@@ -1,0 +1,293 @@
+"""``python -m benchmarks.run``: eager PyTorch, ``torch.compile``, fastgp and a plain copy,
+side by side in one process; a Markdown table on stdout, JSON + CSV + PNG under
+``benchmarks/results/`` (or ``--out-dir``) named after the machine. See benchmarks/README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import sys
+import time
+from pathlib import Path
+
+if __package__ in (None, ""):  # `python benchmarks/run.py`: make `benchmarks` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import torch  # noqa: E402
+
+from benchmarks import cases as cases_mod  # noqa: E402
+from benchmarks import critic_step, machine, memory, plot, providers, report  # noqa: E402
+from benchmarks.timing import TimingConfig, time_competitors  # noqa: E402
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+DTYPES = {
+    "float32": torch.float32,
+    "float16": torch.float16,
+    "bfloat16": torch.bfloat16,
+    "float64": torch.float64,
+}
+OP_TIMING = TimingConfig()
+OP_TIMING_QUICK = TimingConfig(warmup_s=0.0, min_warmup=2, min_time_s=0.01, min_repeats=3)
+STEP_TIMING = TimingConfig(warmup_s=0.0, min_warmup=2, min_time_s=1.0, min_repeats=5)
+STEP_TIMING_QUICK = TimingConfig(warmup_s=0.0, min_warmup=1, min_time_s=0.0, min_repeats=2)
+
+
+def l3_bytes() -> int | None:
+    """Size of the last-level cache (Linux sysfs), or None if unknown."""
+    path = Path("/sys/devices/system/cpu/cpu0/cache/index3/size")
+    try:
+        text = path.read_text().strip().upper()
+    except OSError:
+        return None
+    scale = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(text[-1:], 1)
+    digits = text.rstrip("KMG")
+    return int(digits) * scale if digits.isdigit() else None
+
+
+def parse_list(text: str, allowed: tuple[str, ...], option: str) -> tuple[str, ...]:
+    items = tuple(s.strip() for s in text.split(",") if s.strip())
+    bad = [s for s in items if s not in allowed]
+    if bad or not items:
+        raise SystemExit(f"{option}: expected a comma list of {', '.join(allowed)}; got {text!r}")
+    return items
+
+
+def parse_sizes(text: str) -> list[tuple[int, tuple[int, ...]]]:
+    """``"16x784,256x3x32x32"`` -> [(16, (784,)), (256, (3, 32, 32))]."""
+    sizes = []
+    for item in text.split(","):
+        dims = item.strip().lower().split("x")
+        if len(dims) < 2 or not all(d.isdigit() and int(d) > 0 for d in dims):
+            raise SystemExit(
+                f"--sizes: expected BATCHxD[xD...] items like 16x784 or 64x3x32x32, got {item!r}"
+            )
+        sizes.append((int(dims[0]), tuple(int(d) for d in dims[1:])))
+    return sizes
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__)
+    p.add_argument("--quick", action="store_true", help="small grid and short timings (CI)")
+    p.add_argument("--out-dir", type=Path, default=RESULTS_DIR, help="where results go")
+    p.add_argument(
+        "--device",
+        choices=("cpu", "cuda"),
+        default="cuda" if torch.cuda.is_available() else "cpu",
+    )
+    p.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch threads")
+    p.add_argument("--dtype", choices=tuple(DTYPES), default="float32")
+    p.add_argument("--backend", default="auto", help="fastgp backend: auto, cpp, triton, torch")
+    p.add_argument("--ops", default=",".join(cases_mod.OPS), help="interpolate,penalty")
+    p.add_argument("--modes", default=",".join(cases_mod.MODES), help="fwd,fwdbwd")
+    p.add_argument("--sizes", default=None, help="override the grid: 16x784,256x3x32x32,...")
+    p.add_argument("--no-large", action="store_true", help="skip the >= 16M-element case")
+    p.add_argument(
+        "--steps",
+        default="all",
+        help="critic steps: all, none, or a comma list of mlp,dcgan28,dcgan64",
+    )
+    p.add_argument(
+        "--providers", default=",".join(providers.PROVIDERS), help="eager,compile,fastgp,copy"
+    )
+    p.add_argument("--min-time", type=float, default=None, help="seconds per provider and case")
+    p.add_argument("--min-repeats", type=int, default=None, help="samples per provider and case")
+    p.add_argument(
+        "--rotate-mb",
+        type=float,
+        default=None,
+        help="input sets per case cover this many MiB (default: 2x the L3 cache; quick: 4)",
+    )
+    return p
+
+
+def timing_config(base: TimingConfig, args: argparse.Namespace) -> TimingConfig:
+    changes = {}
+    if args.min_time is not None:
+        changes["min_time_s"] = args.min_time
+    if args.min_repeats is not None:
+        changes["min_repeats"] = args.min_repeats
+        changes["max_repeats"] = max(base.max_repeats, args.min_repeats)
+    return dataclasses.replace(base, **changes)
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def run_op_cases(
+    op_cases: list[cases_mod.OpCase],
+    names: tuple[str, ...],
+    dtype: torch.dtype,
+    device: torch.device,
+    backend: str,
+    resolved: str,
+    rotate_bytes: int,
+    config: TimingConfig,
+) -> list[dict[str, object]]:
+    rows: list[dict[str, object]] = []
+    for case in op_cases:
+        start = time.perf_counter()
+        sets = providers.input_sets(case, dtype, device, rotate_bytes)
+        fns = {name: providers.op_callable(case, name, sets, backend) for name in names}
+        timings = time_competitors(fns, device, config)
+        case_rows = [
+            {
+                "kind": "op",
+                "op": case.op,
+                "mode": case.mode,
+                "case": case.name,
+                "batch": case.batch,
+                "sample_shape": "x".join(map(str, case.sample_shape)),
+                "elements": case.elements,
+                "dtype": str(dtype).removeprefix("torch."),
+                "provider": name,
+                "backend": resolved if name == "fastgp" else None,
+                "bytes": cases_mod.counted_bytes(case, dtype.itemsize),
+                **report.timing_fields(timings[name]),
+            }
+            for name in names
+        ]
+        report.add_ratios(case_rows)
+        rows += case_rows
+        del sets, fns
+        summary = ", ".join(f"{r['provider']} {r['median_ms']:.4g} ms" for r in case_rows)
+        log(f"{case.name} ({len(names)} providers, {time.perf_counter() - start:.1f} s): {summary}")
+    return rows
+
+
+def run_step_cases(
+    step_cases: list[critic_step.StepCase],
+    names: tuple[str, ...],
+    device: torch.device,
+    backend: str,
+    resolved: str,
+    config: TimingConfig,
+) -> list[dict[str, object]]:
+    rows: list[dict[str, object]] = []
+    for case in step_cases:
+        start = time.perf_counter()
+        critic = critic_step.build_critic(case, device)
+        inputs = critic_step.step_inputs(case, device, count=2)
+        fns = {n: critic_step.step_callable(case, n, critic, inputs, backend) for n in names}
+        timings = time_competitors(fns, device, config)
+        case_rows = []
+        for name in names:
+            peak, method = memory.peak_bytes(lambda fn=fns[name]: fn(0), device)
+            case_rows.append(
+                {
+                    "kind": "step",
+                    "op": "critic_step",
+                    "mode": "step",
+                    "case": case.name,
+                    "arch": case.arch,
+                    "batch": case.batch,
+                    "sample_shape": "x".join(map(str, case.sample_shape)),
+                    "elements": case.elements,
+                    "dtype": "float32",
+                    "provider": name,
+                    "backend": resolved if name == "fastgp" else None,
+                    "peak_bytes": peak,
+                    "memory_method": method,
+                    **report.timing_fields(timings[name]),
+                }
+            )
+        report.add_ratios(case_rows)
+        rows += case_rows
+        summary = ", ".join(f"{r['provider']} {r['median_ms']:.4g} ms" for r in case_rows)
+        log(f"{case.name} ({time.perf_counter() - start:.1f} s): {summary}")
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.threads < 1:
+        raise SystemExit(f"--threads must be >= 1, got {args.threads}")
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: torch.cuda.is_available() is False on this machine")
+    torch.set_num_threads(args.threads)
+    dtype = DTYPES[args.dtype]
+    names = parse_list(args.providers, providers.PROVIDERS, "--providers")
+    ops = parse_list(args.ops, cases_mod.OPS, "--ops")
+    modes = parse_list(args.modes, cases_mod.MODES, "--modes")
+    sizes = (
+        parse_sizes(args.sizes)
+        if args.sizes
+        else cases_mod.size_grid(args.quick, large=not args.no_large)
+    )
+    all_steps = critic_step.QUICK_STEP_CASES if args.quick else critic_step.STEP_CASES
+    if args.steps == "none":
+        step_cases: list[critic_step.StepCase] = []
+    elif args.steps == "all":
+        step_cases = list(all_steps)
+    else:
+        archs = parse_list(args.steps, tuple(dict.fromkeys(c.arch for c in all_steps)), "--steps")
+        step_cases = [c for c in all_steps if c.arch in archs]
+    rotate_mb = args.rotate_mb
+    if rotate_mb is None:
+        rotate_mb = 4.0 if args.quick else 2 * (l3_bytes() or 32 << 20) / (1 << 20)
+    rotate_bytes = int(rotate_mb * (1 << 20))
+
+    from fastgp.backends import resolve_backend
+
+    # Resolve (and, for cpp, build or load) the fastgp backend before anything is timed.
+    resolved = resolve_backend(args.backend, device, dtype)
+    info = machine.machine_info(device, args.threads)
+    info["fastgp_backend"] = resolved
+    op_config = timing_config(OP_TIMING_QUICK if args.quick else OP_TIMING, args)
+    step_config = timing_config(STEP_TIMING_QUICK if args.quick else STEP_TIMING, args)
+    log(
+        f"{info['cpu_model']} | {device.type} | {args.threads} threads | torch {info['torch']} "
+        f"| fastgp backend {resolved} | {len(sizes)} sizes, {len(step_cases)} critic steps"
+    )
+
+    began = time.perf_counter()
+    op_cases = cases_mod.op_cases(sizes, ops, modes)
+    rows = run_op_cases(
+        op_cases, names, dtype, device, args.backend, resolved, rotate_bytes, op_config
+    )
+    step_names = tuple(n for n in names if n in critic_step.STEP_PROVIDERS)
+    if step_cases and step_names:
+        rows += run_step_cases(step_cases, step_names, device, args.backend, resolved, step_config)
+    targets = report.evaluate_targets(rows)
+
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    stem = machine.result_stem(info) + ("_quick" if args.quick else "")
+    config = {
+        "argv": sys.argv[1:] if argv is None else list(argv),
+        "quick": args.quick,
+        "dtype": args.dtype,
+        "backend_requested": args.backend,
+        "backend": resolved,
+        "providers": list(names),
+        "rotate_bytes": rotate_bytes,
+        "op_timing": dataclasses.asdict(op_config),
+        "step_timing": dataclasses.asdict(step_config),
+        "wall_s": time.perf_counter() - began,
+    }
+    paths = {ext: args.out_dir / f"{stem}.{ext}" for ext in ("json", "csv", "png")}
+    report.write_json(paths["json"], info, config, rows, targets)
+    report.write_csv(paths["csv"], info, rows)
+    plot.plot_speedups(
+        rows,
+        paths["png"],
+        f"{info['cpu_model']}, {device.type}, {args.threads} threads, torch {info['torch']}, "
+        f"fastgp backend {resolved}, {args.dtype}",
+    )
+    print(
+        f"Machine: {info['cpu_model']} ({info['logical_cpus']} logical CPUs), {device.type}, "
+        f"{args.threads} threads, torch {info['torch']}, fastgp backend `{resolved}`, "
+        f"{args.dtype}; times are medians in ms."
+    )
+    print()
+    print(report.markdown_tables(rows, targets))
+    print()
+    for path in paths.values():
+        print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

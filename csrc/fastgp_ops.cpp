@@ -1,0 +1,535 @@
+// CPU kernels for the torch.ops.fastgp operators (schemas defined in fastgp/ops.py).
+//
+// The semantics of each op are those of fastgp/backends/reference.py (the contract and the
+// test oracle). This file validates arguments, arranges memory so that every kernel reads
+// and writes plain contiguous runs, and spreads the work over threads with
+// at::parallel_for; the inner loops live in fastgp_kernels.h.
+//
+// Layout. A tensor (B, *) is "row-dense" when each sample's D = numel / B elements form one
+// contiguous run and samples follow each other (contiguous, channels_last, or any other
+// dense permutation whose batch stride is the largest; mirrors fastgp/backends/layout.py).
+// Such a tensor is processed in memory order without a copy: the norm is invariant under
+// a permutation of a sample's elements, and interpolation and the backward passes are
+// elementwise, so all that matters is that every tensor taking part in one elementwise op
+// has the same strides. Outputs are allocated with at::empty_like(input), which keeps the
+// input's strides for dense inputs, so channels_last in gives channels_last out with no
+// copy. Anything else (slices with gaps, transposes that move the batch dimension,
+// broadcasts, an input whose strides differ from its partner's) is first copied once into
+// the output's layout; that copy is the price of an unusual layout, never of a common one.
+//
+// Threads and determinism. Elementwise ops split the flat element range of a tensor into
+// equal parts, one per thread (each element's result does not depend on the split). The
+// penalty forward splits every row into fixed chunks of kChunk elements; each chunk's sum of
+// squares is computed by one thread in a fixed order and stored in its own slot, and the
+// slots are combined serially in a fixed order afterwards. The result is therefore
+// bitwise identical for any thread count, and a single long row (B = 1) still uses every
+// thread.
+//
+// 64-bit indexing: every size, count and offset is int64_t (see fastgp_kernels.h).
+
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
+#include <c10/util/SmallVector.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <limits>
+#include <string>
+#include <tuple>
+#include <utility>
+#include <vector>
+
+#include "fastgp_kernels.h"
+
+#if defined(__linux__)
+#include <sys/mman.h>
+#endif
+
+namespace fastgp {
+namespace {
+
+// Elements of one penalty-forward work unit (16 KiB of fp32): small enough that a batch of
+// one 3x256x256 image (196,608 elements, 48 chunks) keeps two threads busy, large enough
+// that the per-chunk bookkeeping is noise.
+constexpr int64_t kChunk = 4096;
+// Elements below which a loop stays on the calling thread: starting an OpenMP team costs a
+// few microseconds, about what one thread needs for this many fp32 elements.
+constexpr int64_t kGrain = 32768;
+
+// FASTGP_DEBUG_POISON=1, read once when the library is loaded: every output buffer is
+// filled with NaN before a kernel writes it, so an element a kernel forgets shows up.
+const bool kPoison = [] {
+  const char* value = std::getenv("FASTGP_DEBUG_POISON");
+  return value != nullptr && std::strcmp(value, "1") == 0;
+}();
+
+void poison(const at::Tensor& t) {
+  if (kPoison) {
+    t.fill_(std::numeric_limits<double>::quiet_NaN());
+  }
+}
+
+// A large output is a fresh allocation that the kernel touches for the first time; with 4 KiB
+// pages the page faults cost about as much as the kernel's own memory traffic (a 64 MiB
+// output is 16,384 faults). Asking for transparent huge pages (2 MiB, one fault each) on the
+// aligned middle of the buffer removes most of that cost where THP is in "madvise" mode. It
+// is only a hint: the memory stays PyTorch's, and a refusal changes nothing.
+void prefer_huge_pages(const at::Tensor& t) {
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+  constexpr uintptr_t kHugePage = uintptr_t(2) << 20;
+  const uintptr_t bytes = static_cast<uintptr_t>(t.nbytes());
+  if (bytes < 4 * kHugePage) {
+    return;
+  }
+  const auto begin = reinterpret_cast<uintptr_t>(t.data_ptr());
+  const uintptr_t first = (begin + kHugePage - 1) & ~(kHugePage - 1);
+  const uintptr_t last = (begin + bytes) & ~(kHugePage - 1);
+  if (last > first) {
+    (void)madvise(reinterpret_cast<void*>(first), last - first, MADV_HUGEPAGE);
+  }
+#else
+  (void)t;
+#endif
+}
+
+// An output laid out as at::empty_like(like) (the layout the contract promises).
+at::Tensor new_output_like(const at::Tensor& like) {
+  at::Tensor out = at::empty_like(like);
+  prefer_huge_pages(out);
+  return out;
+}
+
+c10::ScalarType accumulation_type(c10::ScalarType dtype) {
+  return dtype == at::kDouble ? at::kDouble : at::kFloat;
+}
+
+void check_float_cpu(const at::Tensor& t, const char* name) {
+  TORCH_CHECK(t.defined(), "fastgp: `", name, "` is an undefined tensor");
+  TORCH_CHECK(
+      t.device().is_cpu(), "fastgp: `", name,
+      "` must be a CPU tensor for the C++ kernels, got a tensor on ", t.device());
+  const auto dtype = t.scalar_type();
+  TORCH_CHECK(
+      dtype == at::kFloat || dtype == at::kDouble || dtype == at::kHalf ||
+          dtype == at::kBFloat16,
+      "fastgp: `", name, "` must be float32, float64, float16 or bfloat16, got ", dtype);
+}
+
+// (B, *) with B >= 1 and at least one element per sample.
+void check_batch(const at::Tensor& t, const char* name) {
+  check_float_cpu(t, name);
+  TORCH_CHECK(
+      t.dim() >= 1, "fastgp: `", name, "` must have a batch dimension (B, *), got a 0-dim tensor");
+  TORCH_CHECK(
+      t.size(0) >= 1 && t.numel() >= 1, "fastgp: `", name,
+      "` must be non-empty with B >= 1, got shape ", t.sizes());
+}
+
+// alpha: (B,) in the accumulation dtype of `like`.
+void check_alpha(const at::Tensor& alpha, const at::Tensor& like, const char* like_name) {
+  TORCH_CHECK(alpha.defined(), "fastgp: `alpha` is an undefined tensor");
+  TORCH_CHECK(
+      alpha.device().is_cpu(), "fastgp: `alpha` must be a CPU tensor, got a tensor on ",
+      alpha.device());
+  TORCH_CHECK(
+      alpha.dim() == 1 && alpha.size(0) == like.size(0), "fastgp: `alpha` must have shape (B,) = (",
+      like.size(0), ",) to match `", like_name, "`, got ", alpha.sizes());
+  const auto acc = accumulation_type(like.scalar_type());
+  TORCH_CHECK(
+      alpha.scalar_type() == acc, "fastgp: `alpha` must be ", acc, " for ", like.scalar_type(),
+      " `", like_name, "` (the accumulation dtype), got ", alpha.scalar_type());
+}
+
+// True when each sample's elements are one contiguous run and samples are back to back
+// (see the file comment); mirrors fastgp.backends.layout.rows_view.
+bool is_row_dense(const at::Tensor& t) {
+  const int64_t batch = t.size(0);
+  const int64_t numel = t.numel();
+  if (batch == 0 || numel == 0) {
+    return false;
+  }
+  const int64_t row_length = numel / batch;
+  if (t.dim() == 1) {
+    return t.stride(0) == 1;
+  }
+  if (batch > 1 && t.stride(0) != row_length) {
+    return false;
+  }
+  c10::SmallVector<std::pair<int64_t, int64_t>, 8> dims;  // (stride, size), size > 1
+  for (int64_t i = 1; i < t.dim(); ++i) {
+    if (t.size(i) != 1) {
+      dims.emplace_back(t.stride(i), t.size(i));
+    }
+  }
+  std::sort(dims.begin(), dims.end());
+  int64_t expected = 1;
+  for (const auto& [stride, size] : dims) {
+    if (stride != expected) {
+      return false;
+    }
+    expected *= size;
+  }
+  return true;
+}
+
+// Same sizes and the same strides on every dimension that has more than one element, so
+// element k of one tensor's memory is element k of the other's.
+bool same_layout(const at::Tensor& a, const at::Tensor& b) {
+  if (a.sizes() != b.sizes()) {
+    return false;
+  }
+  for (int64_t i = 0; i < a.dim(); ++i) {
+    if (a.size(i) > 1 && a.stride(i) != b.stride(i)) {
+      return false;
+    }
+  }
+  return true;
+}
+
+// The buffer a kernel writes for output `out`: `out` itself when it is row-dense (always,
+// unless `out` copies the strides of a dense input whose batch dimension is not outermost),
+// else a contiguous buffer that finish() copies into `out`.
+at::Tensor work_buffer(const at::Tensor& out) {
+  if (is_row_dense(out)) {
+    return out;
+  }
+  at::Tensor work = at::empty(out.sizes(), out.options());
+  prefer_huge_pages(work);
+  return work;
+}
+
+void finish(const at::Tensor& out, const at::Tensor& work) {
+  if (!out.is_same(work)) {
+    out.copy_(work);
+  }
+}
+
+// x's values laid out exactly like the row-dense tensor `like`: x itself when the layouts
+// already match (no copy), else one copy into like's strides.
+at::Tensor with_layout_of(const at::Tensor& x, const at::Tensor& like) {
+  if (same_layout(x, like)) {
+    return x;
+  }
+  at::Tensor copy = new_output_like(like);
+  copy.copy_(x);
+  return copy;
+}
+
+// Elementwise loops over a (rows, row_length) row-dense layout, split over threads.
+template <typename F>
+void parallel_row_segments(int64_t rows, int64_t row_length, const F& f) {
+  at::parallel_for(0, rows * row_length, kGrain, [&](int64_t first, int64_t last) {
+    for_each_row_segment(first, last, row_length, f);
+  });
+}
+
+// ---------------------------------------------------------------------------------------
+// interpolate: x_hat[i] = alpha[i] * real[i] + (1 - alpha[i]) * fake[i].
+// Bytes: reads 2 N sizeof(T) + B sizeof(Acc), writes N sizeof(T) (N = numel): one pass,
+// against 4-5 passes for eager PyTorch (two casts, two products and a sum, each a tensor).
+// Derivatives (interpolate_backward): d x_hat / d real = alpha, d x_hat / d fake = 1 - alpha.
+at::Tensor interpolate_cpu(const at::Tensor& real, const at::Tensor& fake, const at::Tensor& alpha) {
+  check_batch(real, "real");
+  check_float_cpu(fake, "fake");
+  TORCH_CHECK(
+      fake.sizes() == real.sizes(), "fastgp: `fake` must have the shape of `real` ", real.sizes(),
+      ", got ", fake.sizes());
+  TORCH_CHECK(
+      fake.scalar_type() == real.scalar_type(), "fastgp: `fake` must have the dtype of `real` (",
+      real.scalar_type(), "), got ", fake.scalar_type());
+  check_alpha(alpha, real, "real");
+
+  at::Tensor out = new_output_like(real);
+  at::Tensor work = work_buffer(out);
+  poison(work);
+  const at::Tensor real_w = with_layout_of(real, work);
+  const at::Tensor fake_w = with_layout_of(fake, work);
+  const int64_t rows = real.size(0);
+  const int64_t row_length = real.numel() / rows;
+  const int64_t alpha_stride = alpha.stride(0);
+  AT_DISPATCH_FLOATING_TYPES_AND2(
+      at::kHalf, at::kBFloat16, real.scalar_type(), "fastgp_interpolate", [&] {
+        using T = scalar_t;
+        using Acc = at::opmath_type<T>;
+        const T* r = real_w.const_data_ptr<T>();
+        const T* f = fake_w.const_data_ptr<T>();
+        const Acc* a = alpha.const_data_ptr<Acc>();
+        T* o = work.mutable_data_ptr<T>();
+        parallel_row_segments(rows, row_length, [&](int64_t row, int64_t begin, int64_t end) {
+          const Acc w = a[row * alpha_stride];
+          blend<T, Acc>(r + begin, f + begin, w, Acc(1) - w, o + begin, end - begin);
+        });
+      });
+  finish(out, work);
+  return out;
+}
+
+// interpolate_backward: grad_real = alpha * grad_out, grad_fake = (1 - alpha) * grad_out.
+// Bytes: reads N sizeof(T) + B sizeof(Acc), writes N sizeof(T) per requested gradient: one
+// read of grad_out serves both outputs.
+std::vector<at::Tensor> interpolate_backward_cpu(
+    const at::Tensor& grad_out, const at::Tensor& alpha, bool need_real, bool need_fake) {
+  check_batch(grad_out, "grad_out");
+  check_alpha(alpha, grad_out, "grad_out");
+  std::vector<at::Tensor> outs;
+  if (!need_real && !need_fake) {
+    return outs;
+  }
+  at::Tensor grad_real = need_real ? new_output_like(grad_out) : at::Tensor();
+  at::Tensor grad_fake = need_fake ? new_output_like(grad_out) : at::Tensor();
+  at::Tensor work_real = need_real ? work_buffer(grad_real) : at::Tensor();
+  // Both outputs come from empty_like(grad_out), so they share one layout.
+  at::Tensor work_fake = need_fake ? work_buffer(grad_fake) : at::Tensor();
+  const at::Tensor& work_first = need_real ? work_real : work_fake;
+  if (need_real) {
+    poison(work_real);
+  }
+  if (need_fake) {
+    poison(work_fake);
+  }
+  const at::Tensor go = with_layout_of(grad_out, work_first);
+  const int64_t rows = grad_out.size(0);
+  const int64_t row_length = grad_out.numel() / rows;
+  const int64_t alpha_stride = alpha.stride(0);
+  AT_DISPATCH_FLOATING_TYPES_AND2(
+      at::kHalf, at::kBFloat16, grad_out.scalar_type(), "fastgp_interpolate_backward", [&] {
+        using T = scalar_t;
+        using Acc = at::opmath_type<T>;
+        const T* g = go.const_data_ptr<T>();
+        const Acc* a = alpha.const_data_ptr<Acc>();
+        T* out_real = need_real ? work_real.mutable_data_ptr<T>() : nullptr;
+        T* out_fake = need_fake ? work_fake.mutable_data_ptr<T>() : nullptr;
+        parallel_row_segments(rows, row_length, [&](int64_t row, int64_t begin, int64_t end) {
+          const Acc w = a[row * alpha_stride];
+          const int64_t n = end - begin;
+          if (out_real != nullptr && out_fake != nullptr) {
+            scale_twice<T, Acc>(g + begin, w, Acc(1) - w, out_real + begin, out_fake + begin, n);
+          } else if (out_real != nullptr) {
+            scale<T, Acc>(g + begin, w, out_real + begin, n);
+          } else {
+            scale<T, Acc>(g + begin, Acc(1) - w, out_fake + begin, n);
+          }
+        });
+      });
+  if (need_real) {
+    finish(grad_real, work_real);
+    outs.push_back(std::move(grad_real));
+  }
+  if (need_fake) {
+    finish(grad_fake, work_fake);
+    outs.push_back(std::move(grad_fake));
+  }
+  return outs;
+}
+
+// Checks shared by the penalty forward and backward: same B, dtype and device, B % pac == 0.
+void check_grads(at::TensorList grads, int64_t pac) {
+  TORCH_CHECK(!grads.empty(), "fastgp: `grads` must hold at least one tensor");
+  for (size_t k = 0; k < grads.size(); ++k) {
+    const std::string name = "grads[" + std::to_string(k) + "]";
+    check_batch(grads[k], name.c_str());
+    TORCH_CHECK(
+        grads[k].size(0) == grads[0].size(0), "fastgp: `", name, "` has batch size ",
+        grads[k].size(0), " but `grads[0]` has ", grads[0].size(0),
+        "; every gradient needs the same batch size");
+    TORCH_CHECK(
+        grads[k].scalar_type() == grads[0].scalar_type(), "fastgp: `", name, "` has dtype ",
+        grads[k].scalar_type(), " but `grads[0]` has ", grads[0].scalar_type());
+  }
+  TORCH_CHECK(pac >= 1, "fastgp: `pac` must be a positive integer, got ", pac);
+  TORCH_CHECK(
+      grads[0].size(0) % pac == 0, "fastgp: `pac`=", pac, " must divide the batch size B=",
+      grads[0].size(0));
+}
+
+// One gradient tensor as (rows, row_length) raw memory.
+struct RowsOf {
+  at::Tensor keep;  // the tensor `data` points into (a contiguous copy when needed)
+  int64_t row_length;
+  int64_t chunks_per_row;  // ceil(row_length / kChunk)
+  int64_t first_slot;      // index of this tensor's first chunk sum in the slot array
+};
+
+// ---------------------------------------------------------------------------------------
+// penalty_forward: norms[i] = sqrt(sum_{j in group i} sum g_j**2) * inv_scale,
+// penalty = lambda_gp * mean_i h(norms[i] - center), h(d) = d**2 (max(d, 0)**2 one-sided).
+// Bytes: reads N sizeof(T) once (all of grads), writes (B // pac + 1) sizeof(Acc) plus one
+// Acc per kChunk elements of scratch; eager PyTorch casts, squares, sums and concatenates
+// in separate passes.
+std::tuple<at::Tensor, at::Tensor> penalty_forward_cpu(
+    at::TensorList grads, double inv_scale, double lambda_gp, double center, bool one_sided,
+    int64_t pac) {
+  check_grads(grads, pac);
+  const int64_t rows = grads[0].size(0);
+  const int64_t groups = rows / pac;
+  const auto dtype = grads[0].scalar_type();
+  const auto acc_options = grads[0].options().dtype(accumulation_type(dtype));
+
+  c10::SmallVector<RowsOf, 4> inputs;
+  int64_t slots = 0;
+  int64_t total = 0;
+  for (const at::Tensor& g : grads) {
+    // A gradient that is not row-dense is copied once into contiguous memory; the norm
+    // needs each sample as one run.
+    at::Tensor keep = is_row_dense(g) ? g : g.contiguous();
+    const int64_t row_length = g.numel() / rows;
+    const int64_t chunks = (row_length + kChunk - 1) / kChunk;
+    inputs.push_back(RowsOf{std::move(keep), row_length, chunks, slots});
+    slots += rows * chunks;
+    total += rows * row_length;
+  }
+
+  at::Tensor norms = at::empty({groups}, acc_options);
+  at::Tensor penalty = at::empty({}, acc_options);
+  poison(norms);
+  poison(penalty);
+
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "fastgp_penalty_forward", [&] {
+    using T = scalar_t;
+    using Acc = at::opmath_type<T>;
+    // Slot u holds the sum of squares of one chunk: slot first_slot + row * chunks + c.
+    std::vector<Acc> sums(static_cast<size_t>(slots));
+    const int64_t per_slot = std::max<int64_t>(1, total / slots);
+    const int64_t grain = std::max<int64_t>(1, kGrain / per_slot);
+    at::parallel_for(0, slots, grain, [&](int64_t first, int64_t last) {
+      size_t k = 0;
+      for (int64_t u = first; u < last; ++u) {
+        while (k + 1 < inputs.size() && u >= inputs[k + 1].first_slot) {
+          ++k;
+        }
+        const RowsOf& in = inputs[k];
+        const int64_t local = u - in.first_slot;
+        const int64_t row = local / in.chunks_per_row;
+        const int64_t begin = (local % in.chunks_per_row) * kChunk;
+        const int64_t n = std::min(kChunk, in.row_length - begin);
+        const T* data = in.keep.const_data_ptr<T>() + row * in.row_length + begin;
+        sums[static_cast<size_t>(u)] = sum_of_squares<T, Acc>(data, n);
+      }
+    });
+    // Fixed-order combination: groups, then rows of the group, then tensors, then chunks.
+    Acc* norms_out = norms.mutable_data_ptr<Acc>();
+    const Acc scale = static_cast<Acc>(inv_scale);
+    const Acc center_acc = static_cast<Acc>(center);
+    Acc h_sum = 0;
+    for (int64_t i = 0; i < groups; ++i) {
+      Acc s = 0;
+      for (int64_t row = i * pac; row < (i + 1) * pac; ++row) {
+        for (const RowsOf& in : inputs) {
+          const Acc* chunk = sums.data() + in.first_slot + row * in.chunks_per_row;
+          for (int64_t c = 0; c < in.chunks_per_row; ++c) {
+            s += chunk[c];
+          }
+        }
+      }
+      const Acc norm = std::sqrt(s) * scale;
+      norms_out[i] = norm;
+      Acc d = norm - center_acc;
+      if (one_sided) {
+        d = std::max(d, Acc(0));
+      }
+      h_sum += d * d;
+    }
+    *penalty.mutable_data_ptr<Acc>() =
+        static_cast<Acc>(lambda_gp) * (h_sum / static_cast<Acc>(groups));
+  });
+  return std::make_tuple(std::move(penalty), std::move(norms));
+}
+
+// ---------------------------------------------------------------------------------------
+// penalty_backward: dP/dg = grad_penalty * lambda_gp / G * 2 d_i / norms[i] * inv_scale**2 * g
+// with d_i = norms[i] - center (clamped at 0 one-sided), G = B // pac, i = sample // pac,
+// and coefficient 0 where norms[i] == 0 (the subgradient PyTorch's norm backward uses).
+// Bytes: reads N sizeof(T) + (G + 1) sizeof(Acc), writes N sizeof(T): one pass per tensor.
+std::vector<at::Tensor> penalty_backward_cpu(
+    const at::Tensor& grad_penalty, at::TensorList grads, const at::Tensor& norms,
+    double inv_scale, double lambda_gp, double center, bool one_sided, int64_t pac) {
+  check_grads(grads, pac);
+  const int64_t rows = grads[0].size(0);
+  const int64_t groups = rows / pac;
+  const auto dtype = grads[0].scalar_type();
+  const auto acc = accumulation_type(dtype);
+  TORCH_CHECK(grad_penalty.defined(), "fastgp: `grad_penalty` is an undefined tensor");
+  TORCH_CHECK(
+      grad_penalty.device().is_cpu() && grad_penalty.numel() == 1,
+      "fastgp: `grad_penalty` must be a one-element CPU tensor, got shape ",
+      grad_penalty.sizes(), " on ", grad_penalty.device());
+  TORCH_CHECK(
+      grad_penalty.scalar_type() == acc, "fastgp: `grad_penalty` must be ", acc, " for ", dtype,
+      " `grads`, got ", grad_penalty.scalar_type());
+  TORCH_CHECK(norms.defined(), "fastgp: `norms` is an undefined tensor");
+  TORCH_CHECK(
+      norms.device().is_cpu(), "fastgp: `norms` must be a CPU tensor, got a tensor on ",
+      norms.device());
+  TORCH_CHECK(
+      norms.dim() == 1 && norms.size(0) == groups, "fastgp: `norms` must have shape (B // pac,) = (",
+      groups, ",), got ", norms.sizes());
+  TORCH_CHECK(
+      norms.scalar_type() == acc, "fastgp: `norms` must be ", acc, " for ", dtype,
+      " `grads`, got ", norms.scalar_type());
+
+  std::vector<at::Tensor> outs;
+  outs.reserve(grads.size());
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "fastgp_penalty_backward", [&] {
+    using T = scalar_t;
+    using Acc = at::opmath_type<T>;
+    // Per-group coefficient, computed as reference.penalty_backward does: ratio d / n, then
+    // times (grad_penalty * factor), factor = 2 lambda inv_scale**2 / G rounded to Acc once.
+    const double factor = 2.0 * lambda_gp * inv_scale * inv_scale / static_cast<double>(groups);
+    const Acc upstream = *grad_penalty.const_data_ptr<Acc>() * static_cast<Acc>(factor);
+    const Acc center_acc = static_cast<Acc>(center);
+    const Acc* n = norms.const_data_ptr<Acc>();
+    const int64_t norms_stride = norms.stride(0);
+    std::vector<Acc> coef(static_cast<size_t>(groups));
+    for (int64_t i = 0; i < groups; ++i) {
+      const Acc norm = n[i * norms_stride];
+      Acc d = norm - center_acc;
+      if (one_sided) {
+        d = std::max(d, Acc(0));
+      }
+      const Acc ratio = norm > Acc(0) ? d / norm : Acc(0);
+      coef[static_cast<size_t>(i)] = ratio * upstream;
+    }
+    for (const at::Tensor& g : grads) {
+      at::Tensor out = new_output_like(g);
+      at::Tensor work = work_buffer(out);
+      poison(work);
+      const at::Tensor g_w = with_layout_of(g, work);
+      const int64_t row_length = g.numel() / rows;
+      const T* x = g_w.const_data_ptr<T>();
+      T* o = work.mutable_data_ptr<T>();
+      parallel_row_segments(rows, row_length, [&](int64_t row, int64_t begin, int64_t end) {
+        scale<T, Acc>(x + begin, coef[static_cast<size_t>(row / pac)], o + begin, end - begin);
+      });
+      finish(out, work);
+      outs.push_back(std::move(out));
+    }
+  });
+  return outs;
+}
+
+bool debug_poison() {
+  return kPoison;
+}
+
+}  // namespace
+}  // namespace fastgp
+
+TORCH_LIBRARY_IMPL(fastgp, CPU, m) {
+  m.impl("interpolate", &fastgp::interpolate_cpu);
+  m.impl("interpolate_backward", &fastgp::interpolate_backward_cpu);
+  m.impl("penalty_forward", &fastgp::penalty_forward_cpu);
+  m.impl("penalty_backward", &fastgp::penalty_backward_cpu);
+}
+
+// Introspection of the loaded build, separate from the public `fastgp` namespace.
+TORCH_LIBRARY(fastgp_cpp, m) {
+  m.def("debug_poison() -> bool", &fastgp::debug_poison);
+}

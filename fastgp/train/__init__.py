@@ -1,0 +1,1 @@
+"""The bundled WGAN-GP trainer (``fastgp train|sample|eval``): data, models, losses, loop."""

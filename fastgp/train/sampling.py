@@ -1,0 +1,165 @@
+"""``fastgp sample`` and ``fastgp eval``: load a finished (or running) run and use it.
+
+A run is named by its directory (the newest readable checkpoint is used) or by one
+checkpoint file; the checkpoint carries the resolved config and the sample shape, so no
+other file is needed to rebuild the generator. Checkpoints are read with
+``torch.load(weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from fastgp.train.checkpoint import atomic_write, latest_checkpoint, load_checkpoint
+from fastgp.train.config import TrainConfig, merge
+from fastgp.train.data import Dataset, load_dataset
+from fastgp.train.metrics import evaluate_generator, generate
+from fastgp.train.models import build_models
+from fastgp.train.plots import save_image_grid, save_toy_plot
+
+SAMPLE_FORMATS = (".png", ".npy", ".npz", ".pt")
+
+
+@dataclass
+class LoadedRun:
+    """A checkpoint and the config it was trained with."""
+
+    cfg: TrainConfig
+    state: dict[str, Any]
+    checkpoint: Path
+
+    @property
+    def sample_shape(self) -> tuple[int, ...]:
+        return tuple(int(s) for s in self.state["sample_shape"])
+
+    @property
+    def has_ema(self) -> bool:
+        return self.state.get("ema") is not None
+
+
+def load_run(path: str | os.PathLike) -> LoadedRun:
+    """The newest checkpoint of run directory ``path``, or the checkpoint file ``path``."""
+    path = Path(path)
+    if path.is_dir():
+        found = latest_checkpoint(path)
+        if found is None:
+            raise FileNotFoundError(f"{path} has no checkpoint (is it a fastgp run directory?)")
+        path = found
+    elif not path.exists():
+        raise FileNotFoundError(f"{path} is neither a run directory nor a checkpoint file")
+    state = load_checkpoint(path)
+    for key in ("config", "generator", "critic", "sample_shape"):
+        if key not in state:
+            raise ValueError(f"{path} is not a fastgp train checkpoint: it has no {key!r}")
+    return LoadedRun(merge(state["config"]), state, path)
+
+
+def build_networks(run: LoadedRun, *, ema: bool | None = None) -> tuple[nn.Module, nn.Module]:
+    """``(generator, critic)`` with the run's weights, in eval mode on the CPU.
+
+    ``ema``: use the EMA generator (None: when the run has one; True without one is an
+    error).
+    """
+    cfg = run.cfg
+    generator, critic = build_models(
+        cfg.arch,
+        run.sample_shape,
+        cfg.z_dim,
+        cfg.nf,
+        spectral_norm=cfg.spectral_norm,
+        critic_norm=cfg.critic_norm,
+        generator_norm=cfg.generator_norm,
+    )
+    use_ema = run.has_ema if ema is None else ema
+    if use_ema and not run.has_ema:
+        raise ValueError(f"--ema: {run.checkpoint} has no EMA generator (trained with --ema 0)")
+    generator.load_state_dict(run.state["ema"]["model"] if use_ema else run.state["generator"])
+    critic.load_state_dict(run.state["critic"])
+    return generator.eval(), critic.eval()
+
+
+def run_dataset(run: LoadedRun) -> Dataset:
+    """The run's dataset, loaded as it was for training."""
+    cfg = run.cfg
+    return load_dataset(
+        cfg.dataset,
+        data_dir=cfg.data_dir,
+        image_size=cfg.image_size,
+        channels=cfg.channels,
+        seed=cfg.seed,
+    )
+
+
+def draw(generator: nn.Module, num: int, seed: int, device: str = "cpu") -> Tensor:
+    """``num`` samples (num, *sample_shape) float32 on the CPU from noise seeded by ``seed``."""
+    if isinstance(num, bool) or not isinstance(num, int) or num < 1:
+        raise ValueError(f"--num must be a positive integer, got {num!r}")
+    return generate(generator, num, seed, device).float().cpu()
+
+
+def write_samples(path: str | os.PathLike, samples: Tensor, run: LoadedRun) -> Path:
+    """Write samples by extension: ``.png`` (image grid, or a toy scatter over the real
+    data), ``.npy``, ``.npz`` (key ``samples``) or ``.pt`` (a tensor)."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in SAMPLE_FORMATS:
+        raise ValueError(f"--out must end in one of {', '.join(SAMPLE_FORMATS)}; got {path.name!r}")
+    if suffix == ".npy":
+        return atomic_write(path, lambda f: np.save(f, samples.numpy()))
+    if suffix == ".npz":
+        return atomic_write(path, lambda f: np.savez(f, samples=samples.numpy()))
+    if suffix == ".pt":
+        return atomic_write(path, lambda f: torch.save(samples, f))
+    if samples.dim() == 2:
+        dataset = run_dataset(run)
+        real = dataset.heldout(samples.shape[0], torch.Generator().manual_seed(run.cfg.seed))
+        return save_toy_plot(
+            path, real, samples, modes=dataset.modes, title=f"{run.cfg.dataset} samples"
+        )
+    return save_image_grid(path, samples, nrow=max(1, math.isqrt(samples.shape[0] - 1) + 1))
+
+
+def evaluate_run(
+    run: LoadedRun, *, num: int | None = None, seed: int | None = None, ema: bool | None = None
+) -> dict[str, Any]:
+    """``evaluate_generator`` on the run's (EMA) generator; with the defaults this repeats
+    the evaluation the trainer logged at the checkpoint's step."""
+    generator, critic = build_networks(run, ema=ema)
+    num = run.cfg.eval_samples if num is None else num
+    if isinstance(num, bool) or not isinstance(num, int) or num < 1:
+        raise ValueError(f"--num must be a positive integer, got {num!r}")
+    result = evaluate_generator(
+        generator,
+        run_dataset(run),
+        num_samples=num,
+        seed=run.cfg.seed if seed is None else seed,
+        device="cpu",
+        critic=critic,
+    )
+    use_ema = run.has_ema if ema is None else ema
+    return {
+        "step": int(run.state["step"]),
+        "checkpoint": str(run.checkpoint),
+        "model": "ema" if use_ema else "generator",
+        **result,
+    }
+
+
+def format_metrics(result: dict[str, Any]) -> str:
+    """One ``name: value`` line per metric (floats to 4 significant digits)."""
+    lines = []
+    for key, value in result.items():
+        if isinstance(value, float):
+            value = f"{value:.4g}"
+        elif isinstance(value, list):
+            value = " ".join(str(v) for v in value)
+        lines.append(f"{key}: {value}")
+    return "\n".join(lines)

@@ -1,0 +1,152 @@
+"""The benchmark harness (benchmarks/) on tiny sizes: it runs, its files follow the schema,
+and every ratio it reports is the quotient of medians it measured. Timings are not checked."""
+
+import csv
+import json
+import math
+
+import pytest
+
+from benchmarks import report, run
+from benchmarks.cases import OpCase, counted_bytes
+from benchmarks.timing import quantile, summarize
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    """One in-process run: norm+penalty fwd+bwd on two tiny sizes, all four providers, and
+    the smallest MLP critic step; returns (output dir, parsed JSON, CSV rows)."""
+    out = tmp_path_factory.mktemp("bench")
+    argv = [
+        "--quick",
+        "--out-dir", str(out),
+        "--device", "cpu",
+        "--threads", "1",
+        "--sizes", "4x8,3x2x5",
+        "--ops", "penalty",
+        "--modes", "fwdbwd",
+        "--steps", "mlp",
+        "--min-time", "0",
+        "--min-repeats", "2",
+    ]  # fmt: skip
+    assert run.main(argv) == 0
+    (json_path,) = out.glob("*.json")
+    (csv_path,) = out.glob("*.csv")
+    payload = json.loads(json_path.read_text())
+    with csv_path.open(newline="") as f:
+        csv_rows = list(csv.DictReader(f))
+    return out, json_path, payload, csv_rows
+
+
+def test_files_are_named_after_the_machine(smoke_run):
+    out, json_path, payload, _ = smoke_run
+    machine = payload["machine"]
+    stem = json_path.stem
+    assert stem.endswith("_quick")
+    assert f"_{machine['device']}_{machine['threads']}t_" in stem
+    assert machine["device"] == "cpu" and machine["threads"] == 1
+    png = out / f"{stem}.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (out / f"{stem}.csv").is_file()
+
+
+def test_json_and_csv_schema(smoke_run):
+    _, _, payload, csv_rows = smoke_run
+    assert set(payload) == {"machine", "config", "rows", "targets"}
+    rows = payload["rows"]
+    # 2 sizes x 4 providers, plus 3 providers of one critic step.
+    assert len(rows) == 2 * 4 + 3
+    assert len(csv_rows) == len(rows)
+    assert list(csv_rows[0])[-len(report.FIELDS) :] == list(report.FIELDS)
+    for row, line in zip(rows, csv_rows, strict=True):
+        assert set(row) <= set(report.FIELDS)
+        assert line["case"] == row["case"] and line["provider"] == row["provider"]
+        assert float(line["median_ms"]) == pytest.approx(row["median_ms"])
+        assert 0 < row["p20_ms"] <= row["median_ms"] <= row["p80_ms"]
+        assert row["repeats"] >= 2
+    ops = [r for r in rows if r["kind"] == "op"]
+    assert {r["provider"] for r in ops} == {"eager", "compile", "fastgp", "copy"}
+    steps = [r for r in rows if r["kind"] == "step"]
+    assert {r["provider"] for r in steps} == {"eager", "compile", "fastgp"}
+    assert all(r["peak_bytes"] > 0 and r["memory_method"] for r in steps)
+    fastgp_rows = [r for r in rows if r["provider"] == "fastgp"]
+    assert all(r["backend"] == payload["config"]["backend"] for r in fastgp_rows)
+    assert len(payload["targets"]) == len(report.TARGETS)
+
+
+def test_ratios_are_quotients_of_the_measured_medians(smoke_run):
+    _, _, payload, _ = smoke_run
+    rows = payload["rows"]
+    for case in {r["case"] for r in rows}:
+        by = {r["provider"]: r for r in rows if r["case"] == case}
+        for row in by.values():
+            median = row["median_ms"]
+            assert row["speedup_vs_eager"] == pytest.approx(by["eager"]["median_ms"] / median)
+            assert row["speedup_vs_compile"] == pytest.approx(by["compile"]["median_ms"] / median)
+            if row["kind"] == "op":
+                assert row["frac_of_copy"] == pytest.approx(by["copy"]["median_ms"] / median)
+                assert row["gb_per_s"] == pytest.approx(row["bytes"] / (median * 1e-3) / 1e9)
+            else:
+                assert row["peak_vs_eager"] == pytest.approx(
+                    row["peak_bytes"] / by["eager"]["peak_bytes"]
+                )
+
+
+def test_targets_follow_the_rows(smoke_run):
+    _, _, payload, _ = smoke_run
+    by_text = {t["target"]: t for t in payload["targets"]}
+    step = by_text["critic step: never slower than eager"]
+    ratio = next(
+        r["speedup_vs_eager"]
+        for r in payload["rows"]
+        if r["kind"] == "step" and r["provider"] == "fastgp"
+    )
+    assert step["cases"] == 1 and step["met"] == (ratio >= 1.0)
+    assert step["worst_value"] == pytest.approx(ratio)
+    large = by_text["norm+penalty fwd+bwd >= 16M elements: >= 70% of copy bandwidth"]
+    assert large["cases"] == 0 and large["met"] is None
+
+
+def test_counted_bytes():
+    # 12 bytes per fp32 element for norm+penalty fwd+bwd (issue 4), + 4 bytes per sample.
+    assert counted_bytes(OpCase("penalty", "fwdbwd", 4, (10,)), 4) == 12 * 40 + 16
+    assert counted_bytes(OpCase("penalty", "fwd", 4, (10,)), 2) == 2 * 40 + 16
+    assert counted_bytes(OpCase("interpolate", "fwd", 2, (3, 5)), 4) == 3 * 4 * 30 + 8
+    assert counted_bytes(OpCase("interpolate", "fwdbwd", 2, (3, 5)), 8) == 6 * 8 * 30 + 8
+    with pytest.raises(ValueError, match="op must be"):
+        OpCase("norm", "fwd", 1, (2,))
+
+
+def test_summary_statistics():
+    samples = [5.0, 1.0, 4.0, 2.0, 3.0]
+    assert quantile(sorted(samples), 0.5) == 3.0
+    assert quantile(sorted(samples), 0.2) == pytest.approx(1.8)
+    t = summarize([2 * s for s in samples], calls_per_sample=2, method="x")
+    assert (t.median_s, t.p20_s, t.p80_s, t.repeats) == (3.0, pytest.approx(1.8), 4.2, 5)
+    assert math.isclose(t.p80_s, quantile(sorted(samples), 0.8))
+
+
+def test_add_ratios_and_missing_targets():
+    rows = [
+        {"kind": "op", "op": "penalty", "mode": "fwdbwd", "case": "c", "elements": 10,
+         "provider": p, "median_ms": m, "bytes": 1000}
+        for p, m in (("eager", 6.0), ("compile", 3.0), ("fastgp", 2.0), ("copy", 1.0))
+    ]  # fmt: skip
+    report.add_ratios(rows)
+    ours = rows[2]
+    assert (ours["speedup_vs_eager"], ours["speedup_vs_compile"]) == (3.0, 1.5)
+    assert ours["frac_of_copy"] == 0.5
+    assert ours["gb_per_s"] == pytest.approx(1000 / 2e-3 / 1e9)
+    targets = {t["target"]: t for t in report.evaluate_targets(rows)}
+    assert targets["norm+penalty fwd+bwd <= 1M elements: >= 3x eager"]["met"] is True
+    assert targets["norm+penalty fwd+bwd <= 1M elements: >= 1.5x torch.compile"]["met"] is True
+    rows[2]["speedup_vs_eager"] = 2.5
+    missed = report.evaluate_targets(rows)[0]
+    assert missed["met"] is False and missed["missed"] == [{"case": "c", "value": 2.5}]
+
+
+def test_bad_sizes_are_rejected_with_the_option_name():
+    with pytest.raises(SystemExit, match="--sizes"):
+        run.parse_sizes("16by784")
+    with pytest.raises(SystemExit, match="--providers"):
+        run.parse_list("eager,numpy", ("eager", "fastgp"), "--providers")

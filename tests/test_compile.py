@@ -1,0 +1,245 @@
+"""``torch.compile`` and ``torch.library`` checks of the ``torch.ops.fastgp`` operators.
+
+Run on CPU, where the operators' kernels are the C++ ones (``fastgp.backends.cpp``); the
+session fixture ``cpp_built`` (tests/conftest.py) builds them once and fails these tests if
+the build fails. Compiling is slow, so there are only a few compiles, each checked
+thoroughly: no graph break (``fullgraph=True`` raises on one), the fused operators present
+in the compiled forward and backward graphs, and values and gradients equal to eager.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from helpers import TOLERANCES, assert_close_report
+from torch import Tensor
+from torch._dynamo.testing import AotEagerAndRecordGraphs, InductorAndRecordGraphs
+from torch._subclasses.fake_tensor import FakeTensorMode
+
+import fastgp
+
+pytestmark = pytest.mark.usefixtures("cpp_built")
+
+OPS = torch.ops.fastgp
+
+
+@pytest.fixture(autouse=True)
+def _fresh_dynamo():
+    """Each test compiles from scratch and leaves no compiled code behind."""
+    torch._dynamo.reset()
+    yield
+    torch._dynamo.reset()
+
+
+def _graph_code(graphs: list[torch.fx.GraphModule]) -> str:
+    """The code of every graph and of every subgraph they call."""
+    return "\n".join(
+        m.code for g in graphs for m in g.modules() if isinstance(m, torch.fx.GraphModule)
+    )
+
+
+def _randn(*shape: int, seed: int, requires_grad: bool = False, **kwargs) -> Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randn(shape, generator=gen, **kwargs).requires_grad_(requires_grad)
+
+
+def _assert_close(actual: Tensor, expected: Tensor, what: str) -> None:
+    atol, rtol = TOLERANCES[expected.dtype]
+    assert_close_report(actual, expected, atol=atol, rtol=rtol, what=what)
+
+
+# ---------------------------------------------------------------------------- torch.compile
+
+
+def test_compiled_penalty_from_grads_matches_eager() -> None:
+    """The documented use, compiled by inductor: one graph, fused forward and backward ops."""
+    recorder = InductorAndRecordGraphs()
+    compiled = torch.compile(fastgp.penalty_from_grads, backend=recorder, fullgraph=True)
+    grads = (
+        _randn(6, 3, 8, 8, seed=1, requires_grad=True),
+        _randn(6, 5, seed=2, requires_grad=True),
+    )
+    eager_grads = tuple(g.detach().clone().requires_grad_() for g in grads)
+
+    penalty, norms = compiled(grads, pac=2, return_norms=True, backend="cpp")
+    penalty.backward()
+    eager_penalty, eager_norms = fastgp.penalty_from_grads(
+        eager_grads, pac=2, return_norms=True, backend="cpp"
+    )
+    eager_penalty.backward()
+
+    _assert_close(penalty, eager_penalty, "penalty")
+    _assert_close(norms, eager_norms, "norms")
+    for i, (g, e) in enumerate(zip(grads, eager_grads, strict=True)):
+        _assert_close(g.grad, e.grad, f"grads[{i}].grad")
+    # Inductor compiles the backward graph lazily, after the recorder stopped recording;
+    # the backward operator is checked in the aot_eager test below.
+    assert "fastgp.penalty_forward" in _graph_code(recorder.inductor_graphs)
+    assert type(penalty.grad_fn).__name__ == "CompiledFunctionBackward"
+
+
+def test_compiled_penalty_with_float_arguments() -> None:
+    """Hyperparameters passed as Python floats to the compiled function (dynamo traces them
+    as symbolic floats), with ``one_sided`` and a gradient scale."""
+    compiled = torch.compile(fastgp.penalty_from_grads, backend="aot_eager", fullgraph=True)
+    g = _randn(4, 2, 5, 5, seed=3, requires_grad=True)
+    g_eager = g.detach().clone().requires_grad_()
+    for lambda_gp, center in ((3.0, 0.5), (7.5, 2.0)):
+        kwargs = dict(lambda_gp=lambda_gp, center=center, one_sided=True, grad_scale=4.0)
+        penalty = compiled(g, backend="cpp", **kwargs)
+        eager = fastgp.penalty_from_grads(g_eager, backend="cpp", **kwargs)
+        _assert_close(penalty, eager, f"penalty (lambda_gp={lambda_gp}, center={center})")
+        penalty.backward()
+        eager.backward()
+        _assert_close(g.grad, g_eager.grad, "grad")
+
+
+def _interpolate_then_penalty(
+    real: Tensor, fake: Tensor, alpha: Tensor, weight: Tensor
+) -> tuple[Tensor, Tensor]:
+    """All four operators in one function: x_hat, a stand-in for the critic's input
+    gradient (that of the critic 0.5 * sum(weight * x**2)), and its penalty."""
+    x_hat = fastgp.interpolate(real, fake, alpha, backend="cpp")
+    critic_grads = x_hat * weight
+    other_input_grads = weight[:1].expand(real.shape[0], *weight.shape[1:]).flatten(1)
+    return fastgp.penalty_from_grads(
+        (critic_grads, other_input_grads), pac=2, return_norms=True, backend="cpp"
+    )
+
+
+def test_compiled_interpolate_and_penalty_dynamic_shapes() -> None:
+    """Compiled once with dynamic shapes (the fake kernels see a symbolic batch size), then
+    run at two batch sizes; channels_last inputs; values and all gradients equal eager."""
+    recorder = AotEagerAndRecordGraphs()
+    compiled = torch.compile(
+        _interpolate_then_penalty, backend=recorder, fullgraph=True, dynamic=True
+    )
+    for batch in (4, 6):
+        leaves = [
+            _randn(batch, 3, 5, 7, seed=batch, requires_grad=True),
+            _randn(batch, 3, 5, 7, seed=batch + 1, requires_grad=True),
+        ]
+        leaves = [t.detach().to(memory_format=torch.channels_last).requires_grad_() for t in leaves]
+        alpha = torch.rand(batch, generator=torch.Generator().manual_seed(batch))
+        weight = _randn(1, 3, 5, 7, seed=batch + 2, requires_grad=True)
+        leaves.append(weight)
+        eager_leaves = [t.detach().clone().requires_grad_() for t in leaves]
+
+        penalty, norms = compiled(leaves[0], leaves[1], alpha, leaves[2])
+        penalty.backward()
+        eager_penalty, eager_norms = _interpolate_then_penalty(
+            eager_leaves[0], eager_leaves[1], alpha, eager_leaves[2]
+        )
+        eager_penalty.backward()
+
+        _assert_close(penalty, eager_penalty, f"penalty (B={batch})")
+        _assert_close(norms, eager_norms, f"norms (B={batch})")
+        for name, t, e in zip(("real", "fake", "weight"), leaves, eager_leaves, strict=True):
+            _assert_close(t.grad, e.grad, f"{name}.grad (B={batch})")
+    assert len(recorder.graphs) == 1, "recompiled for the second batch size"
+    forward = _graph_code(recorder.fw_graphs)
+    backward = _graph_code(recorder.bw_graphs)
+    assert "fastgp.interpolate.default" in forward and "fastgp.penalty_forward" in forward
+    assert "fastgp.penalty_backward" in backward and "fastgp.interpolate_backward" in backward
+
+
+# ---------------------------------------------------------------------------- torch.library
+
+
+def _op_samples(requires_grad: bool) -> list[tuple[object, tuple]]:
+    """(operator, arguments) for each of the four operators, awkward but representative:
+    channels_last, pac > 1, several gradient tensors of different sizes, one_sided."""
+    real = _randn(4, 3, 5, 6, seed=10).to(memory_format=torch.channels_last)
+    fake = _randn(4, 3, 5, 6, seed=11).to(memory_format=torch.channels_last)
+    other = _randn(4, 7, seed=12)
+    norms = torch.rand(2, generator=torch.Generator().manual_seed(13)) + 0.5
+    alpha = torch.rand(4, generator=torch.Generator().manual_seed(14))
+    if requires_grad:
+        for t in (real, fake, other):
+            t.requires_grad_()
+    return [
+        (OPS.interpolate.default, (real, fake, alpha)),
+        (OPS.interpolate_backward.default, (real, alpha, True, True)),
+        (OPS.interpolate_backward.default, (real, alpha, False, True)),
+        (OPS.penalty_forward.default, ([real, other], 0.5, 10.0, 1.0, False, 2)),
+        (
+            OPS.penalty_backward.default,
+            (torch.tensor(1.5), [real, other], norms, 0.5, 10.0, 1.0, True, 2),
+        ),
+    ]
+
+
+def _sample_id(sample: tuple[object, tuple]) -> str:
+    op, args = sample
+    return str(op).split(".")[1] + (
+        "_" + str(args[2:4]) if "interpolate_backward" in str(op) else ""
+    )
+
+
+@pytest.mark.parametrize("sample", _op_samples(requires_grad=False), ids=_sample_id)
+def test_opcheck(sample: tuple[object, tuple]) -> None:
+    """Schema (no aliasing or mutation), fake kernel vs real kernel, and AOT dispatch with
+    dynamic shapes.
+
+    ``test_autograd_registration`` runs in ``test_opcheck_autograd_registration`` on inputs
+    that require grad (it needs them). With such inputs ``test_aot_dispatch_dynamic`` would
+    backpropagate through the raw operators, which have no derivative formula by design:
+    differentiation belongs to ``fastgp.autograd``'s Functions, whose backward calls the
+    ``*_backward`` operators (covered by the compile tests above).
+    """
+    op, args = sample
+    torch.library.opcheck(
+        op, args, test_utils=("test_schema", "test_faketensor", "test_aot_dispatch_dynamic")
+    )
+
+
+@pytest.mark.parametrize("sample", _op_samples(requires_grad=True), ids=_sample_id)
+def test_opcheck_autograd_registration(sample: tuple[object, tuple]) -> None:
+    """The kernels do not record autograd history (outputs of inputs requiring grad do not
+    themselves require grad), so the operators are the opaque primitives autograd.py wraps."""
+    op, args = sample
+    torch.library.opcheck(op, args, test_utils=("test_autograd_registration",))
+
+
+def _layouts(dtype: torch.dtype) -> dict[str, Tensor]:
+    base = _randn(4, 3, 6, 5, seed=20, dtype=torch.float64).to(dtype)
+    return {
+        "contiguous": base,
+        "channels_last": base.to(memory_format=torch.channels_last),
+        "sliced": base[:, :, ::2],
+        "batch_not_outermost": base.transpose(0, 1).contiguous().transpose(0, 1),
+    }
+
+
+@pytest.mark.parametrize(
+    "dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16], ids=str
+)
+def test_fake_kernels_match_real_outputs(dtype: torch.dtype) -> None:
+    """Shape, dtype, strides and device of every output: fake kernel == C++ kernel."""
+    acc = torch.float64 if dtype == torch.float64 else torch.float32
+    alpha = torch.rand(4, dtype=acc)
+    calls = []
+    for layout, x in _layouts(dtype).items():
+        norms = torch.rand(2, dtype=acc) + 0.5
+        calls += [
+            (layout, OPS.interpolate.default, (x, x.detach().clone(), alpha)),
+            (layout, OPS.interpolate_backward.default, (x, alpha, True, True)),
+            (layout, OPS.penalty_forward.default, ([x, x[:, 0]], 1.0, 10.0, 1.0, False, 2)),
+            (
+                layout,
+                OPS.penalty_backward.default,
+                (torch.tensor(1.0, dtype=acc), [x, x[:, 0]], norms, 1.0, 10.0, 1.0, False, 2),
+            ),
+        ]
+    for layout, op, args in calls:
+        real = op(*args)
+        with FakeTensorMode(allow_non_fake_inputs=False) as mode:
+            fake_args = torch.utils._pytree.tree_map_only(Tensor, mode.from_tensor, args)
+            fake = op(*fake_args)
+        real_flat = torch.utils._pytree.tree_leaves(real)
+        fake_flat = torch.utils._pytree.tree_leaves(fake)
+        assert len(real_flat) == len(fake_flat), f"{op} {layout}: output count"
+        for i, (r, f) in enumerate(zip(real_flat, fake_flat, strict=True)):
+            where = f"{op} ({layout}) output {i}"
+            assert (f.shape, f.dtype, f.device) == (r.shape, r.dtype, r.device), where
+            assert f.stride() == r.stride(), f"{where}: fake strides {f.stride()} != {r.stride()}"

@@ -1,0 +1,248 @@
+"""fastgp.gradient_penalty as a drop-in for the eager WGAN-GP (and CTGAN's packed variant)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from helpers import (
+    TOLERANCES,
+    ConditionalCritic,
+    ConvCritic,
+    CTGANDiscriminator,
+    MLPCritic,
+    TwoInputCritic,
+    assert_close_report,
+    classic_gradient_penalty,
+    ctgan_gradient_penalty,
+    make_input,
+    param_grads,
+    per_sample,
+)
+from torch import nn
+
+import fastgp
+
+
+def _alpha(batch: int, dtype: torch.dtype = torch.float32, seed: int = 5) -> torch.Tensor:
+    return torch.rand(batch, generator=torch.Generator().manual_seed(seed), dtype=dtype)
+
+
+def _penalty_and_grads(module: nn.Module, compute) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """Run ``compute()`` -> penalty, backpropagate it, return (penalty, parameter grads)."""
+    module.zero_grad(set_to_none=True)
+    penalty = compute()
+    penalty.backward()
+    return penalty.detach(), param_grads(module)
+
+
+def _assert_same(fast, classic, dtype, what="critic"):
+    (penalty, grads), (ref_penalty, ref_grads) = fast, classic
+    atol, rtol = TOLERANCES[dtype]
+    assert penalty.dtype == dtype and penalty.shape == ()
+    assert_close_report(penalty, ref_penalty, atol, rtol, what="penalty")
+    # Parameter gradients pass through the critic's double backward: a few more roundings.
+    for i, (got, want) in enumerate(zip(grads, ref_grads, strict=True)):
+        assert_close_report(got, want, 10 * atol, 10 * rtol, what=f"{what} parameter {i} grad")
+
+
+@pytest.mark.parametrize("dtype", (torch.float64, torch.float32), ids=str)
+@pytest.mark.parametrize("batch", [1, 5])
+def test_mlp_critic_matches_classic(backend, dtype, batch):
+    torch.manual_seed(0)
+    critic = MLPCritic(7, dtype=dtype)
+    real, fake = make_input((batch, 7), dtype, seed=1), make_input((batch, 7), dtype, seed=2)
+    alpha = _alpha(batch, dtype)
+    fast = _penalty_and_grads(
+        critic, lambda: fastgp.gradient_penalty(critic, real, fake, alpha=alpha, backend=backend)
+    )
+    classic = _penalty_and_grads(
+        critic, lambda: classic_gradient_penalty(critic, real, fake, alpha, 10.0)
+    )
+    _assert_same(fast, classic, dtype)
+
+
+@pytest.mark.parametrize("patch", [False, True], ids=["score", "patch"])
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_conv_critic_matches_classic(backend, layout, patch):
+    torch.manual_seed(1)
+    dtype = torch.float64
+    critic = ConvCritic(3, patch=patch, dtype=dtype)
+    shape = (3, 3, 7, 5)
+    real = make_input(shape, dtype, seed=1, layout=layout)
+    fake = make_input(shape, dtype, seed=2, layout=layout)
+    out = critic(real)
+    assert out.shape == ((3, 1, 4, 3) if patch else (3,))
+    alpha = _alpha(3, dtype)
+    fast = _penalty_and_grads(
+        critic,
+        lambda: fastgp.gradient_penalty(
+            critic, real, fake, alpha=alpha.reshape(3, 1, 1, 1), lambda_gp=5.0, backend=backend
+        ),
+    )
+    classic = _penalty_and_grads(
+        critic, lambda: classic_gradient_penalty(critic, real, fake, alpha, 5.0)
+    )
+    _assert_same(fast, classic, dtype)
+
+
+def test_gradients_reach_real_and_a_non_detached_fake(backend):
+    """A generator's output used without detach: the penalty trains the generator too."""
+    torch.manual_seed(2)
+    dtype = torch.float64
+    critic, generator = MLPCritic(6, dtype=dtype), nn.Linear(4, 6, dtype=dtype)
+    z = make_input((5, 4), dtype, seed=3)
+    alpha = _alpha(5, dtype)
+
+    def run(penalty_fn):
+        critic.zero_grad(set_to_none=True)
+        generator.zero_grad(set_to_none=True)
+        real = make_input((5, 6), dtype, seed=4, requires_grad=True)
+        penalty = penalty_fn(real, generator(z))
+        penalty.backward()
+        return penalty.detach(), real.grad, param_grads(critic) + param_grads(generator)
+
+    fast = run(lambda r, f: fastgp.gradient_penalty(critic, r, f, alpha=alpha, backend=backend))
+    classic = run(lambda r, f: classic_gradient_penalty(critic, r, f, alpha, 10.0))
+    tol = TOLERANCES[dtype]
+    assert_close_report(fast[0], classic[0], *tol, what="penalty")
+    assert fast[1] is not None and fast[1].abs().sum() > 0
+    assert_close_report(fast[1], classic[1], *tol, what="grad of real")
+    assert any(g.abs().sum() > 0 for g in fast[2][-2:]), "no gradient reached the generator"
+    for i, (got, want) in enumerate(zip(fast[2], classic[2], strict=True)):
+        assert_close_report(got, want, *tol, what=f"parameter {i} grad")
+
+
+def test_conditional_critic_arguments_pass_unchanged(backend):
+    torch.manual_seed(3)
+    critic = ConditionalCritic(5).double()
+    real = make_input((4, 5), torch.float64, seed=1)
+    fake = make_input((4, 5), torch.float64, seed=2)
+    labels = torch.tensor([0, 2, 1, 2])
+    condition = make_input((4, 5), torch.float64, seed=9)
+    seen = []
+
+    def conditional(x, labels_arg, condition_arg, *, scale):
+        seen.append((labels_arg, condition_arg, scale))
+        return critic(x + condition_arg, labels_arg, scale=scale)
+
+    alpha = _alpha(4, torch.float64)
+    fast = _penalty_and_grads(
+        critic,
+        lambda: fastgp.gradient_penalty(
+            conditional, real, fake, labels, condition, alpha=alpha, backend=backend, scale=0.7
+        ),
+    )
+    assert len(seen) == 1
+    assert seen[0][0] is labels and seen[0][1] is condition and seen[0][2] == 0.7
+    classic = _penalty_and_grads(
+        critic,
+        lambda: classic_gradient_penalty(
+            lambda x: critic(x + condition, labels, scale=0.7), real, fake, alpha, 10.0
+        ),
+    )
+    _assert_same(fast, classic, torch.float64)
+
+
+def test_tuple_inputs_share_alpha_and_norm(backend):
+    torch.manual_seed(4)
+    dtype = torch.float64
+    critic = TwoInputCritic(2, 3, 4).double()
+    reals = (make_input((3, 2, 3, 3), dtype, 1), make_input((3, 4), dtype, 2))
+    fakes = (make_input((3, 2, 3, 3), dtype, 3), make_input((3, 4), dtype, 4))
+    alpha = _alpha(3, dtype)
+
+    def manual():
+        points = [
+            (per_sample(alpha, r) * r + (1 - per_sample(alpha, r)) * f).requires_grad_()
+            for r, f in zip(reals, fakes, strict=True)
+        ]
+        grads = torch.autograd.grad(critic(*points).sum(), points, create_graph=True)
+        norms = torch.cat([g.reshape(3, -1) for g in grads], dim=1).norm(dim=1)
+        return 10.0 * ((norms - 1) ** 2).mean()
+
+    fast = _penalty_and_grads(
+        critic, lambda: fastgp.gradient_penalty(critic, reals, fakes, alpha=alpha, backend=backend)
+    )
+    _assert_same(fast, _penalty_and_grads(critic, manual), dtype)
+
+
+@pytest.mark.parametrize("alpha_source", ["tensor", "generator"])
+def test_pac_reproduces_ctgan(backend, alpha_source):
+    torch.manual_seed(5)
+    pac, batch, dim = 3, 9, 4
+    disc = CTGANDiscriminator(dim, pac)
+    gen_net = nn.Linear(2, dim)
+    real = make_input((batch, dim), seed=1)
+    z = make_input((batch, 2), seed=2)
+    groups = _alpha(batch // pac, seed=6)
+
+    def run(penalty_fn):
+        disc.zero_grad(set_to_none=True)
+        gen_net.zero_grad(set_to_none=True)
+        fake = gen_net(z)  # not detached, as in CTGAN's training loop
+        fake.retain_grad()
+        penalty = penalty_fn(fake)
+        penalty.backward()
+        return penalty.detach(), fake.grad, param_grads(disc) + param_grads(gen_net)
+
+    if alpha_source == "tensor":
+        kwargs = {"alpha": groups}
+    else:
+        kwargs = {"generator": torch.Generator().manual_seed(6)}
+    fast = run(lambda f: fastgp.gradient_penalty(disc, real, f, pac=pac, backend=backend, **kwargs))
+    ctgan = run(lambda f: ctgan_gradient_penalty(disc, real, f, groups.reshape(-1, 1, 1), pac))
+    tol = TOLERANCES[torch.float32]
+    assert_close_report(fast[0], ctgan[0], *tol, what="penalty")
+    assert fast[1].abs().sum() > 0
+    assert_close_report(fast[1], ctgan[1], *tol, what="grad of the non-detached fake")
+    for i, (got, want) in enumerate(zip(fast[2], ctgan[2], strict=True)):
+        assert_close_report(got, want, 10 * tol[0], 10 * tol[1], what=f"parameter {i} grad")
+
+
+def test_return_norms(backend):
+    torch.manual_seed(6)
+    critic = MLPCritic(5).double()
+    real = make_input((6, 5), torch.float64, seed=1)
+    fake = make_input((6, 5), torch.float64, seed=2)
+    alpha = _alpha(6, torch.float64)
+    penalty, norms = fastgp.gradient_penalty(
+        critic, real, fake, alpha=alpha, pac=2, return_norms=True, backend=backend
+    )
+    assert norms.shape == (3,) and not norms.requires_grad and penalty.requires_grad
+    x = (per_sample(alpha, real) * real + (1 - per_sample(alpha, real)) * fake).requires_grad_()
+    (g,) = torch.autograd.grad(critic(x).sum(), x)
+    expected = g.reshape(3, -1).norm(dim=1)
+    assert_close_report(norms, expected, *TOLERANCES[torch.float64], what="norms")
+    assert_close_report(
+        penalty, 10 * ((expected - 1) ** 2).mean(), *TOLERANCES[torch.float64], what="penalty"
+    )
+
+
+def test_generator_reproducibility(backend):
+    torch.manual_seed(7)
+    critic = MLPCritic(5)
+    real, fake = make_input((4, 5), seed=1), make_input((4, 5), seed=2)
+
+    def with_seed(seed):
+        gen = torch.Generator().manual_seed(seed)
+        return fastgp.gradient_penalty(critic, real, fake, generator=gen, backend=backend)
+
+    first, second, other = with_seed(11), with_seed(11), with_seed(12)
+    assert torch.equal(first, second)
+    assert not torch.equal(first, other)
+    alpha = torch.rand(4, generator=torch.Generator().manual_seed(11))
+    expected = classic_gradient_penalty(critic, real, fake, alpha, 10.0)
+    assert_close_report(first, expected, *TOLERANCES[torch.float32], what="penalty")
+
+
+def test_output_shapes_b_and_b1_agree(backend):
+    torch.manual_seed(8)
+    critic = MLPCritic(3)
+    real, fake = make_input((5, 3), seed=1), make_input((5, 3), seed=2)
+    alpha = _alpha(5)
+    as_b1 = fastgp.gradient_penalty(critic, real, fake, alpha=alpha, backend=backend)
+    as_b = fastgp.gradient_penalty(
+        lambda x: critic(x).squeeze(1), real, fake, alpha=alpha, backend=backend
+    )
+    assert critic(real).shape == (5, 1)
+    assert torch.equal(as_b1, as_b)

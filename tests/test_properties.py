@@ -1,0 +1,142 @@
+"""Property tests: on random shapes, layouts and options every backend agrees with the reference.
+
+The default run tries a few derandomized examples per backend; the slow run many more.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from helpers import TOLERANCES, assert_close_report, make_input
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import fastgp
+from fastgp.backends import reference
+
+# `backend` is a plain string fixture: reusing it across examples is safe.
+FEW = settings(
+    max_examples=8,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+MANY = settings(FEW, max_examples=150)
+
+
+@st.composite
+def gradient_tensors(draw, batch: int, dtype: torch.dtype) -> list[torch.Tensor]:
+    """1 or 2 tensors (B, *) of 0-3 sample dims, each contiguous or a non-contiguous view."""
+    tensors = []
+    for _ in range(draw(st.integers(1, 2))):
+        sample = tuple(draw(st.lists(st.integers(1, 7), min_size=0, max_size=3)))
+        layouts = ["contiguous", "sliced"] if sample else ["contiguous"]
+        if len(sample) >= 2:
+            layouts.append("transposed")
+        if len(sample) == 3:
+            layouts.append("channels_last")
+        layout = draw(st.sampled_from(layouts))
+        seed = draw(st.integers(0, 2**16))
+        scale = draw(st.sampled_from([0.05, 0.3, 1.0]))
+        tensors.append(make_input((batch, *sample), dtype, seed=seed, layout=layout) * scale)
+    return tensors
+
+
+@st.composite
+def penalty_cases(draw) -> dict:
+    pac = draw(st.integers(1, 3))
+    batch = pac * draw(st.integers(1, 3))
+    dtype = draw(st.sampled_from([torch.float32, torch.float64, torch.bfloat16]))
+    return {
+        "grads": draw(gradient_tensors(batch, dtype)),
+        "pac": pac,
+        "center": draw(st.sampled_from([0.0, 1.0, 0.37])),
+        "one_sided": draw(st.booleans()),
+        "lambda_gp": draw(st.sampled_from([10.0, 0.5])),
+        "scale": draw(st.sampled_from([1.0, 8.0])),
+    }
+
+
+def _check_penalty(backend: str, case: dict) -> None:
+    grads = case["grads"]
+    options = {k: case[k] for k in ("pac", "center", "one_sided", "lambda_gp")}
+    scaled = [(g * case["scale"]).requires_grad_() for g in grads]
+    penalty, norms = fastgp.penalty_from_grads(
+        tuple(scaled), grad_scale=case["scale"], return_norms=True, backend=backend, **options
+    )
+    penalty.backward()
+    leaves = [g.detach().clone().requires_grad_() for g in scaled]
+    ref_penalty, ref_norms = reference.penalty_forward(
+        leaves,
+        1.0 / case["scale"],
+        options["lambda_gp"],
+        options["center"],
+        options["one_sided"],
+        options["pac"],
+    )
+    ref_dgrads = torch.autograd.grad(ref_penalty, leaves)
+    dtype = grads[0].dtype
+    acc_tol = TOLERANCES[reference.accumulation_dtype(dtype)]
+    assert_close_report(penalty, ref_penalty, *acc_tol, what="penalty")
+    assert_close_report(norms, ref_norms, *acc_tol, what="norms")
+    for i, (g, want) in enumerate(zip(scaled, ref_dgrads, strict=True)):
+        assert_close_report(g.grad, want, *TOLERANCES[dtype], what=f"dP/dg[{i}]")
+
+
+@FEW
+@given(case=penalty_cases())
+def test_penalty_agrees_with_reference(backend, case):
+    _check_penalty(backend, case)
+
+
+@pytest.mark.slow
+@MANY
+@given(case=penalty_cases())
+def test_penalty_agrees_with_reference_many(backend, case):
+    _check_penalty(backend, case)
+
+
+@st.composite
+def interpolate_cases(draw) -> dict:
+    batch = draw(st.integers(1, 5))
+    dtype = draw(st.sampled_from([torch.float32, torch.float64, torch.float16]))
+    real = draw(gradient_tensors(batch, dtype))[0]
+    # fake has real's shape but its own layout: mixed layouts must work too.
+    fake = make_input(tuple(real.shape), dtype, seed=draw(st.integers(0, 99)))
+    if fake.dim() >= 3 and draw(st.booleans()):
+        fake = fake.transpose(-1, -2).contiguous().transpose(-1, -2)
+    alpha = torch.rand(
+        batch,
+        generator=torch.Generator().manual_seed(draw(st.integers(0, 99))),
+        dtype=reference.accumulation_dtype(dtype),
+    )
+    return {"real": real, "fake": fake, "alpha": alpha, "grad": draw(st.booleans())}
+
+
+def _check_interpolate(backend: str, case: dict) -> None:
+    real = case["real"].clone().requires_grad_(case["grad"])
+    fake = case["fake"].clone().requires_grad_(case["grad"])
+    out = fastgp.interpolate(real, fake, case["alpha"], backend=backend)
+    expected = reference.interpolate(case["real"], case["fake"], case["alpha"])
+    tol = TOLERANCES[real.dtype]
+    assert_close_report(out, expected, *tol, what="x_hat")
+    assert out.stride() == torch.empty_like(real).stride()
+    if case["grad"]:
+        weights = torch.ones_like(out) * 0.5
+        out.backward(weights)
+        grad_real, grad_fake = reference.interpolate_backward(weights, case["alpha"], True, True)
+        assert_close_report(real.grad, grad_real, *tol, what="grad of real")
+        assert_close_report(fake.grad, grad_fake, *tol, what="grad of fake")
+
+
+@FEW
+@given(case=interpolate_cases())
+def test_interpolate_agrees_with_reference(backend, case):
+    _check_interpolate(backend, case)
+
+
+@pytest.mark.slow
+@MANY
+@given(case=interpolate_cases())
+def test_interpolate_agrees_with_reference_many(backend, case):
+    _check_interpolate(backend, case)

@@ -1,0 +1,198 @@
+"""``fastgp train|sample|eval``: parsing, errors before any work, the run directory, and
+the sample / eval commands on tiny toy and image runs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from fastgp.cli import main as fastgp_main
+from fastgp.train import config
+from fastgp.train.cli import main_eval, main_sample, main_train
+from fastgp.train.run_log import read_metrics
+
+
+def tiny_toy(run_dir: Path, *extra: str) -> list[str]:
+    """A toy run of a few steps that takes about a second."""
+    return [
+        "--dataset", "8gaussians", "--steps", "4", "--batch-size", "32", "--nf", "16",
+        "--n-critic", "2", "--log-every", "2", "--sample-every", "4", "--eval-every", "4",
+        "--checkpoint-every", "2", "--eval-samples", "200", "--backend", "torch",
+        "--no-tensorboard", "--no-progress", "--run-dir", str(run_dir), *extra,
+    ]  # fmt: skip
+
+
+def tiny_images(run_dir: Path, *extra: str) -> list[str]:
+    """A 28x28 procedural-shapes run with the DCGAN 28 pair, two steps."""
+    return [
+        "--dataset", "shapes", "--image-size", "28", "--channels", "1", "--steps", "2",
+        "--batch-size", "8", "--nf", "8", "--z-dim", "16", "--n-critic", "1",
+        "--log-every", "1", "--sample-every", "2", "--eval-every", "2",
+        "--checkpoint-every", "2", "--eval-samples", "16", "--backend", "torch",
+        "--no-tensorboard", "--no-progress", "--run-dir", str(run_dir), *extra,
+    ]  # fmt: skip
+
+
+def test_help_lists_every_option(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main_train(["--help"])
+    assert exit_info.value.code == 0
+    text = capsys.readouterr().out
+    for name in config.FIELD_NAMES:
+        assert "--" + name.replace("_", "-") in text, name
+    assert "--config" in text
+
+
+def test_top_level_command_dispatches(tmp_path, capsys):
+    assert fastgp_main(["train", *tiny_toy(tmp_path / "run", "--steps", "2")]) == 0
+    assert "finished 2 steps" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["--steps", "-1"], "--steps"),
+        (["--lr-g", "0"], "--lr-g"),
+        (["--beta1", "1.5"], "--beta1"),
+        (["--ema", "1.0"], "--ema"),
+        (["--diffaug", "translation"], "--diffaug"),
+        (["--diffaug", "rotate"], "--diffaug"),
+        (["--image-size", "28"], "--image-size"),
+        (["--dataset", "mnist"], "--data-dir"),
+        (["--batch-size", "0"], "--batch-size"),
+        (["--log-every", "0"], "--log-every"),
+        (["--device", "cuda:7"] if not torch.cuda.is_available() else ["--device", "tpu"], "device"),
+    ],
+)
+def test_bad_values_fail_before_any_work(tmp_path, capsys, args, needle):
+    run_dir = tmp_path / "run"
+    assert main_train(["--run-dir", str(run_dir), "--no-progress", *args]) == 2
+    err = capsys.readouterr().err
+    assert needle in err
+    assert not run_dir.exists()
+
+
+def test_unknown_choice_is_an_argparse_error(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main_train(["--dataset", "cifar10"])
+    assert exit_info.value.code == 2
+    assert "--dataset" in capsys.readouterr().err
+
+
+def test_missing_data_dir_names_the_path(tmp_path, capsys):
+    missing = tmp_path / "nowhere"
+    code = main_train(["--dataset", "folder", "--data-dir", str(missing), "--no-progress"])
+    assert code == 2
+    assert "nowhere" in capsys.readouterr().err
+
+
+def test_config_file_then_flags(tmp_path):
+    toml = tmp_path / "c.toml"
+    toml.write_text('dataset = "swissroll"\nsteps = 7\nlr-g = 0.002\n')
+    files, flags = config.parse_args(["--config", str(toml), "--steps", "9"])
+    cfg = config.merge(files, flags)
+    assert (cfg.dataset, cfg.steps, cfg.lr_g) == ("swissroll", 9, 0.002)
+    js = tmp_path / "c.json"
+    js.write_text(json.dumps({"n_critic": 3, "bogus": 1}))
+    with pytest.raises(config.ConfigError, match="bogus"):
+        config.parse_args(["--config", str(js)])
+
+
+def test_resolve_fills_every_auto_field():
+    toy = config.resolve(config.merge({"run_dir": "x"}), (2,))
+    assert all(v is not None for k, v in toy.to_dict().items() if k not in config.RESUMABLE_FIELDS)
+    assert (toy.arch, toy.penalty, toy.n_critic, toy.optimizer) == ("mlp", "gp", 5, "adam")
+    images = config.resolve(config.merge({"dataset": "shapes", "run_dir": "x"}), (3, 32, 32))
+    assert (images.arch, images.weight, images.beta1, images.lr_g) == ("dcgan32", 10.0, 0.0, 1e-4)
+    clip = config.resolve(config.merge({"objective": "wgan-clip", "run_dir": "x"}), (2,))
+    assert (clip.optimizer, clip.lr_d, clip.penalty) == ("rmsprop", 5e-5, "none")
+
+
+def test_toy_run_directory_contents(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main_train(tiny_toy(run)) == 0
+    out = capsys.readouterr().out
+    assert "finished 4 steps" in out and "modes_covered" in out
+    saved = json.loads((run / "config.json").read_text())
+    assert saved["dataset"] == "8gaussians" and saved["arch"] == "mlp"
+    assert saved["penalty"] == "gp" and saved["weight"] == 0.1
+    records = read_metrics(run / "metrics.jsonl")
+    train = [r for r in records if r["kind"] == "train"]
+    assert [r["step"] for r in train] == [2, 4]
+    for key in ("loss_d", "loss_g", "wdist", "gp", "grad_norm_mean", "grad_norm_std", "lr_g",
+                "lr_d", "samples_per_s", "time"):  # fmt: skip
+        assert all(np.isfinite(r[key]) for r in train), key
+    evals = [r for r in records if r["kind"] == "eval"]
+    assert [r["step"] for r in evals] == [4]
+    for key in ("modes_covered", "hq_fraction", "reverse_kl", "wasserstein1"):
+        assert key in evals[0]
+    assert json.loads((run / "eval.json").read_text())["step"] == 4
+    assert (run / "samples" / "step-00000004.png").stat().st_size > 1000
+    assert (run / "loss_curves.png").stat().st_size > 1000
+    steps = sorted(p.name for p in (run / "checkpoints").glob("step-*.pt"))
+    assert steps == ["step-00000002.pt", "step-00000004.pt"]
+
+
+def test_keep_last_prunes_checkpoints(tmp_path):
+    run = tmp_path / "run"
+    assert main_train(tiny_toy(run, "--checkpoint-every", "1", "--keep-last", "2")) == 0
+    steps = sorted(p.name for p in (run / "checkpoints").glob("step-*.pt"))
+    assert steps == ["step-00000003.pt", "step-00000004.pt"]
+
+
+def test_sample_and_eval_toy(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main_train(tiny_toy(run)) == 0
+    capsys.readouterr()
+    for suffix in (".npy", ".npz", ".pt", ".png"):
+        out = tmp_path / f"s{suffix}"
+        assert main_sample([str(run), "--num", "50", "--out", str(out)]) == 0
+        assert out.stat().st_size > 0
+    assert np.load(tmp_path / "s.npy").shape == (50, 2)
+    assert np.load(tmp_path / "s.npz")["samples"].shape == (50, 2)
+    pt = torch.load(tmp_path / "s.pt", weights_only=True)
+    assert torch.equal(pt, torch.from_numpy(np.load(tmp_path / "s.npy")))
+    capsys.readouterr()
+    assert main_eval([str(run), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    logged = json.loads((run / "eval.json").read_text())
+    # Same weights, same seed: eval repeats the evaluation the trainer logged.
+    for key in ("modes_covered", "hq_fraction", "reverse_kl", "wasserstein1"):
+        assert result[key] == pytest.approx(logged[key], rel=1e-9, abs=1e-12), key
+    assert main_eval([str(run / "checkpoints" / "step-00000002.pt")]) == 0
+    text = capsys.readouterr().out
+    assert "step: 2" in text and "modes_covered:" in text
+
+
+def test_sample_and_eval_errors(tmp_path, capsys):
+    assert main_sample([str(tmp_path), "--out", str(tmp_path / "x.png")]) == 2
+    assert "no checkpoint" in capsys.readouterr().err
+    run = tmp_path / "run"
+    assert main_train(tiny_toy(run, "--steps", "2", "--ema", "0")) == 0
+    assert main_sample([str(run), "--out", str(tmp_path / "x.gif")]) == 2
+    assert "--out" in capsys.readouterr().err
+    assert main_sample([str(run), "--out", str(tmp_path / "x.npy"), "--ema"]) == 2
+    assert "EMA" in capsys.readouterr().err
+    assert main_eval([str(tmp_path / "missing")]) == 2
+
+
+def test_image_run_sample_and_eval(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main_train(tiny_images(run)) == 0
+    saved = json.loads((run / "config.json").read_text())
+    assert saved["arch"] == "dcgan28" and saved["generator_norm"] == "batch"
+    assert (run / "samples" / "step-00000002.png").is_file()
+    out = tmp_path / "grid.png"
+    assert main_sample([str(run), "--num", "9", "--out", str(out)]) == 0
+    from PIL import Image
+
+    # 3 x 3 grid of 28 x 28 with 2-pixel padding.
+    assert Image.open(out).size == (3 * 30 + 2, 3 * 30 + 2)
+    capsys.readouterr()
+    assert main_eval([str(run), "--json", "--num", "16"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert np.isfinite(result["critic_wasserstein"])
