@@ -45,6 +45,8 @@ def machine_info(device: torch.device, threads: int) -> dict[str, object]:
         "fastgp": fastgp.__version__,
         "python": platform.python_version(),
         "platform": platform.platform(),
+        # Other processes on a shared machine distort timings; the load says how busy it was.
+        "loadavg_1m_start": round(os.getloadavg()[0], 2),
         "date_utc": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
     }
 

@@ -252,6 +252,7 @@ def main(argv: list[str] | None = None) -> int:
     if step_cases and step_names:
         rows += run_step_cases(step_cases, step_names, device, args.backend, resolved, step_config)
     targets = report.evaluate_targets(rows)
+    info["loadavg_1m_end"] = round(os.getloadavg()[0], 2)
 
     args.out_dir.mkdir(parents=True, exist_ok=True)
     stem = machine.result_stem(info) + ("_quick" if args.quick else "")
@@ -279,7 +280,8 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"Machine: {info['cpu_model']} ({info['logical_cpus']} logical CPUs), {device.type}, "
         f"{args.threads} threads, torch {info['torch']}, fastgp backend `{resolved}`, "
-        f"{args.dtype}; times are medians in ms."
+        f"{args.dtype}; 1-min load average {info['loadavg_1m_start']} at the start, "
+        f"{info['loadavg_1m_end']} at the end; times are medians in ms."
     )
     print()
     print(report.markdown_tables(rows, targets))

@@ -20,12 +20,13 @@ namespace fastgp {
 
 // Sum of squares of x[0..n) in Acc.
 //
-// kLanes independent accumulators (128 bytes: 32 fp32 / 16 fp64): element i always goes to
-// lane i % kLanes and the lanes are combined in a fixed pairwise tree, so the result depends
-// only on the data and n, never on the thread that runs it or on the vector width the
-// compiler picks. The lanes also break the add dependency chain, which lets the compiler
-// keep several vector registers of partial sums in flight (SLP vectorization without
-// -ffast-math reassociation).
+// kLanes independent accumulators (128 bytes: 32 fp32 / 16 fp64): element i of the main
+// loop always goes to lane i % kLanes, the lanes are combined in a fixed pairwise tree and
+// the tail (n % kLanes elements) is summed in order and added last, so the result depends
+// only on the data and n, never on the thread that runs it. The lanes break the add
+// dependency chain, which lets the compiler keep several vector registers of partial sums
+// in flight (SLP vectorization without -ffast-math reassociation); the tail has its own
+// accumulator so that the lanes are only ever indexed by constants and stay in registers.
 template <typename T, typename Acc>
 inline Acc sum_of_squares(const T* __restrict x, int64_t n) {
   constexpr int64_t kLanes = 128 / static_cast<int64_t>(sizeof(Acc));
@@ -37,16 +38,17 @@ inline Acc sum_of_squares(const T* __restrict x, int64_t n) {
       lanes[k] += v * v;
     }
   }
-  for (int64_t k = 0; i < n; ++i, ++k) {
-    const Acc v = static_cast<Acc>(x[i]);
-    lanes[k] += v * v;
-  }
   for (int64_t width = kLanes / 2; width > 0; width /= 2) {
     for (int64_t k = 0; k < width; ++k) {
       lanes[k] += lanes[k + width];
     }
   }
-  return lanes[0];
+  Acc tail = 0;
+  for (; i < n; ++i) {
+    const Acc v = static_cast<Acc>(x[i]);
+    tail += v * v;
+  }
+  return lanes[0] + tail;
 }
 
 // out[j] = T(a * real[j] + b * fake[j]) for j in [0, n), with b = 1 - a given by the caller.

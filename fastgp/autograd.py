@@ -41,6 +41,11 @@ def kernels(backend: str, device_type: str) -> Kernels:
     found = _kernels.get(key)
     if found is None:
         if backend == "cpp" or (backend == "triton" and device_type == "cuda"):
+            if backend == "cpp":
+                # The CPU kernels exist only once the extension is loaded (built on first use).
+                from fastgp.backends import cpp
+
+                cpp.load()
             ops = torch.ops.fastgp
             found = Kernels(
                 ops.interpolate.default,

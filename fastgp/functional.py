@@ -10,6 +10,7 @@ from fastgp.backends import reference, resolve_backend
 from fastgp.validation import (
     as_tensor_tuple,
     check_batch,
+    check_number,
     check_pac,
     check_pair,
     check_weight,
@@ -91,12 +92,12 @@ def penalty_from_grads(
         ``(penalty, norms)``.
     """
     grads = as_tensor_tuple(grads, "grads")
-    check_pac(pac, check_batch(grads, "grads"))
+    pac = check_pac(pac, check_batch(grads, "grads"))
     return penalty_with(
         resolve_backend(backend, grads[0].device, grads[0].dtype),
         grads,
         check_weight(lambda_gp, "lambda_gp"),
-        float(center),
+        check_number(center, "center"),
         bool(one_sided),
         inverse_scale(grad_scale),
         pac,

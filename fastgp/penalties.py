@@ -18,6 +18,7 @@ from fastgp.functional import interpolate_with, penalty_with
 from fastgp.validation import (
     as_tensor_tuple,
     check_batch,
+    check_number,
     check_pac,
     check_pair,
     check_weight,
@@ -75,8 +76,9 @@ def gradient_penalty(
     """
     reals, fakes = as_tensor_tuple(real, "real"), as_tensor_tuple(fake, "fake")
     batch = check_pair(reals, fakes)
-    check_pac(pac, batch)
+    pac = check_pac(pac, batch)
     lambda_gp = check_weight(lambda_gp, "lambda_gp")
+    center = check_number(center, "center")
     first = reals[0]
     name = resolve_backend(backend, first.device, first.dtype)
     a = per_sample_alpha(
@@ -90,7 +92,7 @@ def gradient_penalty(
         critic_kwargs,
         name,
         lambda_gp,
-        float(center),
+        center,
         bool(one_sided),
         grad_scale,
         pac,
@@ -156,6 +158,7 @@ def dragan_penalty(
     """
     reals = as_tensor_tuple(real, "real")
     batch = check_batch(reals, "real")
+    center = check_number(center, "center")
     lambda_gp = check_weight(lambda_gp, "lambda_gp")
     first = reals[0]
     name = resolve_backend(backend, first.device, first.dtype)
@@ -179,7 +182,7 @@ def dragan_penalty(
         critic_kwargs,
         name,
         lambda_gp,
-        float(center),
+        center,
         False,
         grad_scale,
         1,
@@ -226,6 +229,12 @@ def _penalty_at(
     what: str,
 ) -> Tensor | tuple[Tensor, Tensor]:
     """Differentiate the critic at ``points`` and reduce the gradients to the penalty."""
+    if torch.is_inference_mode_enabled():
+        raise RuntimeError(
+            "fastgp penalties need autograd (the critic's input gradient) and cannot run under "
+            "torch.inference_mode(); use torch.no_grad() (the penalty enables grad itself) "
+            "or neither"
+        )
     inv_scale = inverse_scale(grad_scale)
     points = tuple(p if p.requires_grad else p.detach().requires_grad_() for p in points)
     with torch.enable_grad():

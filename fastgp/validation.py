@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import numbers
+import operator
 
 import torch
 from torch import Tensor
@@ -75,16 +77,37 @@ def check_pair(reals: tuple[Tensor, ...], fakes: tuple[Tensor, ...]) -> int:
     return b
 
 
-def check_pac(pac: int, batch: int) -> None:
-    if isinstance(pac, bool) or not isinstance(pac, int) or pac < 1:
+def check_pac(pac: int, batch: int) -> int:
+    """``pac`` as an int >= 1 that divides ``batch`` (numpy and 0-dim torch integers accepted)."""
+    try:
+        value = operator.index(pac) if not isinstance(pac, bool) else None
+    except TypeError:
+        value = None
+    if value is None or value < 1:
         raise ValueError(f"`pac` must be a positive integer, got {pac!r}")
+    pac = value
     if batch % pac:
         raise ValueError(f"`pac`={pac} must divide the batch size B={batch}")
+    return pac
+
+
+def check_number(value: float, name: str) -> float:
+    """A finite real number (Python, numpy or 0-dim tensor) as a float."""
+    if isinstance(value, bool) or not isinstance(value, (numbers.Real, Tensor)):
+        raise TypeError(f"`{name}` must be a real number, got {type(value).__name__}")
+    if isinstance(value, Tensor) and value.numel() != 1:
+        shape = tuple(value.shape)
+        raise TypeError(f"`{name}` must be a real number, got a tensor of shape {shape}")
+    value = float(value)
+    if not math.isfinite(value):
+        raise ValueError(f"`{name}` must be finite, got {value}")
+    return value
 
 
 def check_weight(value: float, name: str) -> float:
-    value = float(value)
-    if not math.isfinite(value) or value < 0:
+    """A finite real number >= 0 (a penalty weight) as a float."""
+    value = check_number(value, name)
+    if value < 0:
         raise ValueError(f"`{name}` must be a finite number >= 0, got {value}")
     return value
 
@@ -94,6 +117,9 @@ def inverse_scale(grad_scale) -> float:
     if grad_scale is None:
         return 1.0
     scale = grad_scale.get_scale() if hasattr(grad_scale, "get_scale") else grad_scale
+    scale = float(scale) if isinstance(scale, Tensor) else scale
+    if isinstance(scale, bool) or not isinstance(scale, numbers.Real):
+        raise TypeError(f"`grad_scale` must be None, a number or a GradScaler, got {scale!r}")
     scale = float(scale)
     if not math.isfinite(scale) or scale <= 0:
         raise ValueError(f"`grad_scale` must be a positive finite scale, got {scale}")

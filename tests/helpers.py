@@ -92,35 +92,71 @@ def assert_no_worse_than_reference(
     )
 
 
+def assert_layout_of_empty_like(actual: Tensor, like: Tensor, what: str = "output") -> None:
+    """``actual`` has the memory layout ``torch.empty_like(like)`` would have.
+
+    Strides of size-1 dimensions are ignored: they never address memory, and PyTorch
+    itself is not consistent about them.
+    """
+    expected = torch.empty_like(like)
+    assert actual.shape == expected.shape, f"{what}: shape {tuple(actual.shape)}"
+    differ = [
+        i
+        for i in range(actual.dim())
+        if actual.shape[i] > 1 and actual.stride(i) != expected.stride(i)
+    ]
+    assert not differ, (
+        f"{what}: strides {actual.stride()} differ from empty_like's {expected.stride()} "
+        f"in dims {differ} (shape {tuple(actual.shape)})"
+    )
+
+
 def make_input(
     shape: tuple[int, ...],
     dtype: torch.dtype = torch.float32,
     seed: int = 0,
     layout: str = "contiguous",
     requires_grad: bool = False,
+    scale: float = 1.0,
 ) -> Tensor:
-    """A standard-normal (B, *) tensor in one of several memory layouts.
+    """``scale`` times a standard-normal (B, *) tensor in one of several memory layouts.
 
     layout: ``"contiguous"``; ``"channels_last"`` (4-D only); ``"transposed"`` (the last two
     dims swapped through a transpose, so the tensor is a non-contiguous view; needs 3+
-    dims); ``"sliced"`` (every other element of the last dim of a wider tensor).
+    dims); ``"sliced"`` (every other element of the last dim of a wider tensor);
+    ``"expanded"`` (one sample broadcast over the batch with stride 0, as autograd returns
+    the gradient of a sum).
+
+    Any later arithmetic or ``clone()`` may give up the layout (PyTorch makes non-dense
+    results contiguous): scale here, and use ``grad_leaf`` for a differentiable copy. With
+    ``requires_grad`` the result is a leaf with exactly this layout.
     """
     gen = torch.Generator().manual_seed(seed)
+
+    def normal(size):
+        return (torch.randn(size, generator=gen, dtype=torch.float64) * scale).to(dtype)
+
     if layout == "contiguous":
-        t = torch.randn(shape, generator=gen, dtype=torch.float64).to(dtype)
+        t = normal(shape)
     elif layout == "channels_last":
-        t = torch.randn(shape, generator=gen, dtype=torch.float64).to(dtype)
-        t = t.contiguous(memory_format=torch.channels_last)
+        t = normal(shape).contiguous(memory_format=torch.channels_last)
     elif layout == "transposed":
-        swapped = shape[:-2] + (shape[-1], shape[-2])
-        t = torch.randn(swapped, generator=gen, dtype=torch.float64).to(dtype).transpose(-1, -2)
+        t = normal(shape[:-2] + (shape[-1], shape[-2])).transpose(-1, -2)
     elif layout == "sliced":
-        wide = shape[:-1] + (2 * shape[-1],)
-        t = torch.randn(wide, generator=gen, dtype=torch.float64).to(dtype)[..., ::2]
+        t = normal(shape[:-1] + (2 * shape[-1],))[..., ::2]
+    elif layout == "expanded":
+        t = normal((1, *shape[1:])).expand(shape)
     else:
         raise ValueError(f"unknown layout {layout!r}")
     assert t.shape == torch.Size(shape)
     return t.requires_grad_(requires_grad)
+
+
+def grad_leaf(t: Tensor) -> Tensor:
+    """A leaf that requires grad with the values and the exact strides of ``t`` (no copy)."""
+    leaf = t.detach().requires_grad_()
+    assert leaf.stride() == t.stride()
+    return leaf
 
 
 def per_sample(alpha: Tensor, like: Tensor) -> Tensor:

@@ -74,8 +74,8 @@ def test_grad_scaler_training_step(backend):
 
 
 def test_scale_rescues_fp16_gradients_that_would_underflow(backend):
-    """fp16 gradients ~1e-7 are subnormal and lose most of their bits; scaled by 2**16 they keep them."""
-    exact = make_input((4, 64), torch.float64, seed=4) * 1e-7
+    """fp16 gradients ~1e-7 are subnormal and lose most bits; scaled by 2**16 they keep them."""
+    exact = make_input((4, 64), torch.float64, seed=4, scale=1e-7)
     exact_norms = exact.norm(dim=1)
     scaled = (exact * 2.0**16).half()
     _, norms = fastgp.penalty_from_grads(

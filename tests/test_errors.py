@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers import MLPCritic, make_input
+from helpers import TOLERANCES, MLPCritic, assert_close_report, make_input
 from torch import nn
 
 import fastgp
 
 B, D = 4, 3
+# A penalty weight is rejected as non-finite or as negative.
+WEIGHT_RULE = r"must be (finite|a finite number >= 0)"
 
 
 @pytest.fixture
@@ -110,7 +112,7 @@ def test_pac_must_divide_batch(critic):
         fastgp.gradient_penalty(critic, real, fake, pac=4, backend="torch")
     with pytest.raises(ValueError, match=r"`pac`=4 must divide the batch size B=6"):
         fastgp.penalty_from_grads(real, pac=4, backend="torch")
-    for bad in (0, -2, 1.5, True):
+    for bad in (0, -2, 1.5, True, "2"):
         with pytest.raises(ValueError, match=r"`pac` must be a positive integer"):
             fastgp.penalty_from_grads(real, pac=bad, backend="torch")
 
@@ -139,13 +141,13 @@ def test_bad_alpha_type_and_device(critic):
 @pytest.mark.parametrize("value", [-1.0, float("nan"), float("inf")])
 def test_weights_must_be_finite_and_non_negative(critic, value):
     real, fake = _pair()
-    with pytest.raises(ValueError, match=r"`lambda_gp` must be a finite number >= 0"):
+    with pytest.raises(ValueError, match=rf"`lambda_gp` {WEIGHT_RULE}"):
         fastgp.gradient_penalty(critic, real, fake, lambda_gp=value, backend="torch")
-    with pytest.raises(ValueError, match=r"`lambda_gp` must be a finite number >= 0"):
+    with pytest.raises(ValueError, match=rf"`lambda_gp` {WEIGHT_RULE}"):
         fastgp.penalty_from_grads(real, lambda_gp=value, backend="torch")
-    with pytest.raises(ValueError, match=r"`gamma` must be a finite number >= 0"):
+    with pytest.raises(ValueError, match=rf"`gamma` {WEIGHT_RULE}"):
         fastgp.r1_penalty(critic, real, gamma=value, backend="torch")
-    with pytest.raises(ValueError, match=r"`lambda_gp` must be a finite number >= 0"):
+    with pytest.raises(ValueError, match=rf"`lambda_gp` {WEIGHT_RULE}"):
         fastgp.dragan_penalty(critic, real, lambda_gp=value, backend="torch")
 
 
@@ -204,3 +206,38 @@ def test_unknown_backend(critic):
         fastgp.interpolate(real, fake, 0.5, backend="Torch")
     with pytest.raises(ValueError, match=r"got 'fast'"):
         fastgp.penalty_from_grads(real, backend="fast")
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [("lambda_gp", None), ("lambda_gp", "ten"), ("center", None), ("grad_scale", "big")],
+)
+def test_hyperparameters_of_the_wrong_type_name_the_argument(name, value):
+    with pytest.raises((TypeError, ValueError), match=rf"`{name}`"):
+        fastgp.penalty_from_grads(torch.ones(B, D), backend="torch", **{name: value})
+
+
+@pytest.mark.parametrize("center", [float("nan"), float("inf")])
+def test_center_must_be_finite(critic, center):
+    real, fake = _pair()
+    with pytest.raises(ValueError, match=r"`center` must be finite"):
+        fastgp.penalty_from_grads(real, center=center, backend="torch")
+    with pytest.raises(ValueError, match=r"`center` must be finite"):
+        fastgp.gradient_penalty(critic, real, fake, center=center, backend="torch")
+
+
+def test_inference_mode_is_explained(critic):
+    """Autograd is off under inference_mode: say so instead of blaming the critic."""
+    real, fake = _pair()
+    with torch.inference_mode(), pytest.raises(RuntimeError, match=r"inference_mode"):
+        fastgp.gradient_penalty(critic, real, fake, backend="torch")
+
+
+def test_no_grad_context_still_computes_the_penalty(backend, critic):
+    """Under torch.no_grad (e.g. for logging) the value is computed, without a graph."""
+    real, fake = _pair()
+    with torch.no_grad():
+        penalty = fastgp.gradient_penalty(critic, real, fake, alpha=0.3, backend=backend)
+    expected = fastgp.gradient_penalty(critic, real, fake, alpha=0.3, backend="torch")
+    assert not penalty.requires_grad
+    assert_close_report(penalty, expected, *TOLERANCES[torch.float32], what="penalty")

@@ -27,7 +27,7 @@ MODES = [
 
 
 def _leaf(shape, seed, scale=1.0, layout="contiguous"):
-    return (make_input(shape, F64, seed=seed, layout=layout) * scale).requires_grad_()
+    return make_input(shape, F64, seed=seed, layout=layout, scale=scale, requires_grad=True)
 
 
 @pytest.mark.parametrize(

@@ -12,6 +12,7 @@ from helpers import (
     MLPCritic,
     TwoInputCritic,
     assert_close_report,
+    assert_no_worse_than_reference,
     classic_gradient_penalty,
     ctgan_gradient_penalty,
     make_input,
@@ -59,6 +60,34 @@ def test_mlp_critic_matches_classic(backend, dtype, batch):
         critic, lambda: classic_gradient_penalty(critic, real, fake, alpha, 10.0)
     )
     _assert_same(fast, classic, dtype)
+
+
+@pytest.mark.parametrize("dtype", (torch.bfloat16, torch.float16), ids=str)
+def test_low_precision_critic_no_worse_than_classic(backend, dtype):
+    """A critic run in fp16/bf16: fastgp's penalty (fp32 accumulation) against the eager
+    version in the same precision, both measured against float64 (flash-attention rule)."""
+    torch.manual_seed(9)
+    critic64 = MLPCritic(24).double()
+    critic = MLPCritic(24).to(dtype)
+    critic.load_state_dict(critic64.state_dict())
+    real, fake = make_input((6, 24), dtype, seed=1), make_input((6, 24), dtype, seed=2)
+    alpha = _alpha(6, torch.float32)
+    fast = _penalty_and_grads(
+        critic, lambda: fastgp.gradient_penalty(critic, real, fake, alpha=alpha, backend=backend)
+    )
+    same_precision = _penalty_and_grads(
+        critic, lambda: classic_gradient_penalty(critic, real, fake, alpha, 10.0)
+    )
+    exact = _penalty_and_grads(
+        critic64,
+        lambda: classic_gradient_penalty(
+            critic64, real.double(), fake.double(), alpha.to(dtype).double(), 10.0
+        ),
+    )
+    assert fast[0].dtype == torch.float32
+    assert_no_worse_than_reference(fast[0], same_precision[0], exact[0], what="penalty")
+    for i, (a, b, c) in enumerate(zip(fast[1], same_precision[1], exact[1], strict=True)):
+        assert_no_worse_than_reference(a, b, c, what=f"parameter {i} grad")
 
 
 @pytest.mark.parametrize("patch", [False, True], ids=["score", "patch"])

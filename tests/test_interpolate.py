@@ -8,6 +8,7 @@ from helpers import (
     LOW_PRECISION,
     TOLERANCES,
     assert_close_report,
+    assert_layout_of_empty_like,
     assert_no_worse_than_reference,
     make_input,
     per_sample,
@@ -32,6 +33,7 @@ CASES = [
     ((4, 3, 5, 6), "channels_last"),
     ((2, 3, 4, 9), "transposed"),
     ((5, 13), "sliced"),
+    ((4, 3, 5), "expanded"),
 ]
 CASE_IDS = [f"{'x'.join(map(str, s))}-{layout}" for s, layout in CASES]
 
@@ -46,6 +48,7 @@ def _alpha(batch: int, dtype: torch.dtype, seed: int = 7) -> torch.Tensor:
 def test_matches_reference(backend, shape, layout, dtype):
     real = make_input(shape, dtype, seed=1, layout=layout)
     fake = make_input(shape, dtype, seed=2, layout=layout)
+    assert layout == "contiguous" or not real.is_contiguous(), "layout not exercised"
     alpha = _alpha(shape[0], dtype)
     out = fastgp.interpolate(real, fake, alpha, backend=backend)
     assert out.dtype == dtype and out.shape == real.shape
@@ -65,17 +68,30 @@ def test_mixed_layouts_of_real_and_fake(backend):
     out = fastgp.interpolate(real, fake, alpha, backend=backend)
     expected = per_sample(alpha, real) * real + (1 - per_sample(alpha, real)) * fake
     assert_close_report(out, expected, *TOLERANCES[torch.float32])
-    assert out.stride() == torch.empty_like(real).stride()
+    assert_layout_of_empty_like(out, real)
 
 
-@pytest.mark.parametrize("layout", ["contiguous", "channels_last", "transposed", "sliced"])
+@pytest.mark.parametrize(
+    "layout", ["contiguous", "channels_last", "transposed", "sliced", "expanded"]
+)
 def test_output_layout_is_empty_like_real(backend, layout):
     real = make_input((2, 3, 4, 5), layout=layout, seed=3)
     fake = make_input((2, 3, 4, 5), layout=layout, seed=4)
     out = fastgp.interpolate(real, fake, 0.3, backend=backend)
-    assert out.stride() == torch.empty_like(real).stride()
+    assert_layout_of_empty_like(out, real)
     if layout == "channels_last":
         assert out.is_contiguous(memory_format=torch.channels_last)
+
+
+@pytest.mark.parametrize("layout", ["channels_last", "transposed", "sliced", "expanded"])
+def test_backward_kernel_output_layout(backend, layout):
+    """Both input gradients are laid out as empty_like(grad_out) (the op contract)."""
+    grad_out = make_input((3, 4, 5, 6), seed=1, layout=layout)
+    k = fastgp_autograd.kernels(backend, "cpu")
+    grads = k.interpolate_backward(grad_out, _alpha(3, torch.float32), True, True)
+    assert len(grads) == 2
+    for g in grads:
+        assert_layout_of_empty_like(g, grad_out, what="interpolate_backward output")
 
 
 def test_alpha_forms(backend):

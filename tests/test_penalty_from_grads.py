@@ -8,11 +8,14 @@ from helpers import (
     LOW_PRECISION,
     TOLERANCES,
     assert_close_report,
+    assert_layout_of_empty_like,
     assert_no_worse_than_reference,
+    grad_leaf,
     make_input,
 )
 
 import fastgp
+from fastgp import autograd as fastgp_autograd
 from fastgp.backends import reference
 
 DTYPES = (torch.float64, torch.float32, torch.float16, torch.bfloat16)
@@ -29,6 +32,7 @@ CASES = [
     ((4, 3, 7), "transposed"),
     ((3, 3, 5, 6), "channels_last"),
     ((5, 2, 3, 11), "sliced"),
+    ((4, 3, 5), "expanded"),  # stride 0 over the batch: autograd's gradient of a sum
 ]
 CASE_IDS = [f"{'x'.join(map(str, s))}-{layout}" for s, layout in CASES]
 
@@ -45,7 +49,7 @@ class FixedScale:
 
 def _reference(grads, *, lambda_gp=10.0, center=1.0, one_sided=False, inv_scale=1.0, pac=1):
     """(penalty, norms, dP/dgrads) from the differentiable reference, upstream grad 1."""
-    leaves = [g.detach().clone().requires_grad_() for g in grads]
+    leaves = [grad_leaf(g) for g in grads]
     penalty, norms = reference.penalty_forward(leaves, inv_scale, lambda_gp, center, one_sided, pac)
     dgrads = torch.autograd.grad(penalty, leaves)
     return penalty.detach(), norms.detach(), dgrads
@@ -53,7 +57,7 @@ def _reference(grads, *, lambda_gp=10.0, center=1.0, one_sided=False, inv_scale=
 
 def _run(grads, backend, **kwargs):
     """(penalty, norms, dP/dgrads) from fastgp, upstream grad 1."""
-    leaves = tuple(g.detach().clone().requires_grad_() for g in grads)
+    leaves = tuple(grad_leaf(g) for g in grads)
     penalty, norms = fastgp.penalty_from_grads(
         leaves if len(leaves) > 1 else leaves[0], return_norms=True, backend=backend, **kwargs
     )
@@ -64,7 +68,8 @@ def _run(grads, backend, **kwargs):
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize(("shape", "layout"), CASES, ids=CASE_IDS)
 def test_matches_reference(backend, shape, layout, dtype):
-    grads = [make_input(shape, dtype, seed=11, layout=layout) * 0.2]
+    grads = [make_input(shape, dtype, seed=11, layout=layout, scale=0.2)]
+    assert layout == "contiguous" or not grads[0].is_contiguous(), "layout not exercised"
     penalty, norms, dgrads = _run(grads, backend)
     ref_penalty, ref_norms, ref_dgrads = _reference(grads)
     acc = reference.accumulation_dtype(dtype)
@@ -78,7 +83,7 @@ def test_matches_reference(backend, shape, layout, dtype):
     if dtype in LOW_PRECISION:
         # The flash-attention rule against the same math in float64 on the same inputs.
         exact_penalty, _, exact_dgrads = _reference([g.double() for g in grads])
-        naive = [g.detach().clone().requires_grad_() for g in grads]
+        naive = [grad_leaf(g) for g in grads]
         naive_penalty = 10.0 * (naive[0].reshape(shape[0], -1).norm(dim=1) - 1).pow(2).mean()
         (naive_dgrad,) = torch.autograd.grad(naive_penalty, naive)
         assert_no_worse_than_reference(penalty, naive_penalty, exact_penalty, what="penalty")
@@ -88,8 +93,8 @@ def test_matches_reference(backend, shape, layout, dtype):
 @pytest.mark.parametrize("dtype", (torch.float64, torch.float32, torch.bfloat16), ids=str)
 def test_tuple_of_grads_shares_one_norm(backend, dtype):
     grads = [
-        make_input((6, 3, 4, 5), dtype, seed=1, layout="channels_last") * 0.1,
-        make_input((6, 7), dtype, seed=2) * 0.1,
+        make_input((6, 3, 4, 5), dtype, seed=1, layout="channels_last", scale=0.1),
+        make_input((6, 4, 7), dtype, seed=2, layout="sliced", scale=0.1),
         make_input((6, 1), dtype, seed=3),
     ]
     penalty, norms, dgrads = _run(grads, backend)
@@ -133,6 +138,16 @@ def test_options_match_reference(backend, options):
         assert torch.all(dgrads[0][below] == 0)
 
 
+@pytest.mark.parametrize("layout", ["channels_last", "transposed", "sliced", "expanded"])
+def test_backward_kernel_output_layout(backend, layout):
+    """dP/dg is laid out as empty_like(g) (the op contract), for every input layout."""
+    g = make_input((3, 4, 5, 6), seed=1, layout=layout)
+    k = fastgp_autograd.kernels(backend, "cpu")
+    _, norms = k.penalty_forward([g], 1.0, 10.0, 1.0, False, 1)
+    (dgrad,) = k.penalty_backward(torch.tensor(1.0), [g], norms, 1.0, 10.0, 1.0, False, 1)
+    assert_layout_of_empty_like(dgrad, g, what="dP/dg")
+
+
 def test_manual_formula(backend):
     """Independent of the reference: lambda * mean((||g_i|| - 1)^2), grouped by pac."""
     g = make_input((6, 5), torch.float64, seed=4)
@@ -144,7 +159,7 @@ def test_manual_formula(backend):
 @pytest.mark.parametrize("scale", [1024.0, FixedScale(2.0**16)], ids=["float", "scaler"])
 def test_grad_scale_is_removed(backend, scale):
     value = scale if isinstance(scale, float) else scale.get_scale()
-    g = make_input((5, 3, 4), torch.float32, seed=6) * 0.1
+    g = make_input((5, 3, 4), torch.float32, seed=6, scale=0.1)
     penalty, norms, (dgrad,) = _run([g * value], backend, grad_scale=scale)
     ref_penalty, ref_norms, (ref_dgrad,) = _reference([g * value], inv_scale=1.0 / value)
     tol = TOLERANCES[torch.float32]
@@ -217,7 +232,9 @@ def test_large_half_gradients_do_not_overflow(backend):
 
 def test_bitwise_deterministic(kernel_backend):
     """Same inputs, same bits; for cpp also across thread counts (csrc/fastgp_ops.cpp)."""
-    g = make_input((3, 40_001), torch.float32, seed=12)
+    # Long enough rows that cpp splits them over threads and Triton over several programs.
+    shape = (3, 40_001) if kernel_backend == "cpp" else (2, 3001)
+    g = make_input(shape, torch.float32, seed=12)
     first = fastgp.penalty_from_grads(g, return_norms=True, backend=kernel_backend)
     threads = torch.get_num_threads()
     try:
@@ -230,13 +247,20 @@ def test_bitwise_deterministic(kernel_backend):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("pac", [1, 3])
-def test_many_partial_sums(backend, pac):
-    """Rows long enough that the Triton finalize loops over several column tiles."""
-    g = make_input((3, 300_001), torch.float32, seed=8) * 1e-3
+# More than 256 (Triton's finalize tile width) partial sums per group of pac rows.
+@pytest.mark.parametrize(
+    ("shape", "pac"), [((1, 270_001), 1), ((3, 90_001), 3)], ids=["pac1", "pac3"]
+)
+def test_many_partial_sums(backend, shape, pac):
+    """Rows long enough that the Triton finalize loops over several column tiles.
+
+    Judged against float64: PyTorch's own fp32 norm over ~10**6 elements is off by about
+    1e-5 relative here, while the kernels' blocked sums are closer to exact.
+    """
+    g = make_input(shape, torch.float32, seed=8, scale=1e-3)
     penalty, norms, (dgrad,) = _run([g], backend, pac=pac)
     ref_penalty, ref_norms, (ref_dgrad,) = _reference([g], pac=pac)
-    tol = TOLERANCES[torch.float32]
-    assert_close_report(penalty, ref_penalty, *tol, what="penalty")
-    assert_close_report(norms, ref_norms, *tol, what="norms")
-    assert_close_report(dgrad, ref_dgrad, *tol, what="dP/dg")
+    exact_penalty, exact_norms, (exact_dgrad,) = _reference([g.double()], pac=pac)
+    assert_no_worse_than_reference(penalty, ref_penalty, exact_penalty, what="penalty")
+    assert_no_worse_than_reference(norms, ref_norms, exact_norms, what="norms")
+    assert_no_worse_than_reference(dgrad, ref_dgrad, exact_dgrad, what="dP/dg")

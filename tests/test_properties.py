@@ -7,7 +7,13 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers import TOLERANCES, assert_close_report, make_input
+from helpers import (
+    TOLERANCES,
+    assert_close_report,
+    assert_layout_of_empty_like,
+    grad_leaf,
+    make_input,
+)
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -30,7 +36,7 @@ def gradient_tensors(draw, batch: int, dtype: torch.dtype) -> list[torch.Tensor]
     tensors = []
     for _ in range(draw(st.integers(1, 2))):
         sample = tuple(draw(st.lists(st.integers(1, 7), min_size=0, max_size=3)))
-        layouts = ["contiguous", "sliced"] if sample else ["contiguous"]
+        layouts = ["contiguous", "sliced", "expanded"] if sample else ["contiguous"]
         if len(sample) >= 2:
             layouts.append("transposed")
         if len(sample) == 3:
@@ -38,7 +44,7 @@ def gradient_tensors(draw, batch: int, dtype: torch.dtype) -> list[torch.Tensor]
         layout = draw(st.sampled_from(layouts))
         seed = draw(st.integers(0, 2**16))
         scale = draw(st.sampled_from([0.05, 0.3, 1.0]))
-        tensors.append(make_input((batch, *sample), dtype, seed=seed, layout=layout) * scale)
+        tensors.append(make_input((batch, *sample), dtype, seed=seed, layout=layout, scale=scale))
     return tensors
 
 
@@ -60,12 +66,13 @@ def penalty_cases(draw) -> dict:
 def _check_penalty(backend: str, case: dict) -> None:
     grads = case["grads"]
     options = {k: case[k] for k in ("pac", "center", "one_sided", "lambda_gp")}
-    scaled = [(g * case["scale"]).requires_grad_() for g in grads]
+    # Scaling keeps dense layouts; the unscaled layouts are covered with scale 1.
+    scaled = [grad_leaf(g * case["scale"] if case["scale"] != 1.0 else g) for g in grads]
     penalty, norms = fastgp.penalty_from_grads(
         tuple(scaled), grad_scale=case["scale"], return_norms=True, backend=backend, **options
     )
     penalty.backward()
-    leaves = [g.detach().clone().requires_grad_() for g in scaled]
+    leaves = [grad_leaf(g) for g in scaled]
     ref_penalty, ref_norms = reference.penalty_forward(
         leaves,
         1.0 / case["scale"],
@@ -114,13 +121,13 @@ def interpolate_cases(draw) -> dict:
 
 
 def _check_interpolate(backend: str, case: dict) -> None:
-    real = case["real"].clone().requires_grad_(case["grad"])
-    fake = case["fake"].clone().requires_grad_(case["grad"])
+    real = case["real"].detach().requires_grad_(case["grad"])
+    fake = case["fake"].detach().requires_grad_(case["grad"])
     out = fastgp.interpolate(real, fake, case["alpha"], backend=backend)
     expected = reference.interpolate(case["real"], case["fake"], case["alpha"])
     tol = TOLERANCES[real.dtype]
     assert_close_report(out, expected, *tol, what="x_hat")
-    assert out.stride() == torch.empty_like(real).stride()
+    assert_layout_of_empty_like(out, real)
     if case["grad"]:
         weights = torch.ones_like(out) * 0.5
         out.backward(weights)

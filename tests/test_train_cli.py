@@ -65,7 +65,10 @@ def test_top_level_command_dispatches(tmp_path, capsys):
         (["--dataset", "mnist"], "--data-dir"),
         (["--batch-size", "0"], "--batch-size"),
         (["--log-every", "0"], "--log-every"),
-        (["--device", "cuda:7"] if not torch.cuda.is_available() else ["--device", "tpu"], "device"),
+        (
+            ["--device", "cuda:7"] if not torch.cuda.is_available() else ["--device", "tpu"],
+            "device",
+        ),
     ],
 )
 def test_bad_values_fail_before_any_work(tmp_path, capsys, args, needle):
@@ -104,7 +107,8 @@ def test_config_file_then_flags(tmp_path):
 
 def test_resolve_fills_every_auto_field():
     toy = config.resolve(config.merge({"run_dir": "x"}), (2,))
-    assert all(v is not None for k, v in toy.to_dict().items() if k not in config.RESUMABLE_FIELDS)
+    optional = config.RESUMABLE_FIELDS | {"data_dir", "image_size", "channels"}
+    assert all(v is not None for k, v in toy.to_dict().items() if k not in optional)
     assert (toy.arch, toy.penalty, toy.n_critic, toy.optimizer) == ("mlp", "gp", 5, "adam")
     images = config.resolve(config.merge({"dataset": "shapes", "run_dir": "x"}), (3, 32, 32))
     assert (images.arch, images.weight, images.beta1, images.lr_g) == ("dcgan32", 10.0, 0.0, 1e-4)

@@ -79,14 +79,24 @@ def main_train(argv: list[str]) -> int:
 
     import torch
 
+    threads_before = torch.get_num_threads()
+    deterministic_before = torch.are_deterministic_algorithms_enabled()
+    try:
+        return _train(prog, cfg, device, resuming)
+    finally:  # main_train may run inside another program (tests): leave torch as it was
+        torch.set_num_threads(threads_before)
+        torch.use_deterministic_algorithms(deterministic_before)
+
+
+def _train(prog: str, cfg, device, resuming: bool) -> int:
+    import torch
+
     from fastgp.backends import BackendUnavailable, resolve_backend
-    from fastgp.train import distributed
+    from fastgp.train import config, distributed
     from fastgp.train.checkpoint import latest_checkpoint, load_checkpoint
     from fastgp.train.data import load_dataset
     from fastgp.train.loop import Trainer
 
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
     if cfg.deterministic:
         torch.use_deterministic_algorithms(True)
     try:
@@ -101,6 +111,8 @@ def main_train(argv: list[str]) -> int:
         cfg = config.resolve(cfg, dataset.sample_shape)
     except (BackendUnavailable, config.ConfigError, ValueError, FileNotFoundError) as e:
         return _error(prog, str(e))
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
 
     ctx = distributed.init_distributed(device)
     try:

@@ -186,7 +186,11 @@ class TrainConfig:
         "(0: off; auto: 0.999)",
         default=None,
     )
-    ema_start: int = _opt("generator step where the EMA starts averaging", default=0)
+    ema_start: int | None = _opt(
+        "generator step where the EMA starts averaging; before it the EMA copies the weights "
+        "(auto: half the steps, so the average forgets the early, fast-moving weights)",
+        default=None,
+    )
     replay_size: int = _opt("replay buffer of past fakes shown to the critic (0: off)", default=0)
     replay_prob: float = _opt("chance a fake is swapped for a replayed one", default=0.5)
     diffaug: str = _opt(
@@ -206,7 +210,11 @@ class TrainConfig:
         "torch device: auto (cuda if available), cpu, cuda, cuda:1...", default="auto"
     )
     backend: str = _opt("fastgp penalty backend", default="auto", choices=("auto", *BACKENDS))
-    threads: int | None = _opt("CPU threads for torch (auto: torch's default)", default=None)
+    threads: int | None = _opt(
+        "CPU threads for torch (auto: 1 for the toy MLP, whose tiny matrix products lose more "
+        "to thread synchronisation than they gain; torch's default for images)",
+        default=None,
+    )
     deterministic: bool = _opt("torch.use_deterministic_algorithms(True)", default=False)
     log_every: int = _opt("generator steps between metrics.jsonl lines", default=100)
     sample_every: int = _opt("generator steps between sample pictures (0: end only)", default=500)
@@ -378,6 +386,10 @@ def resolve(cfg: TrainConfig, sample_shape: tuple[int, ...] | None = None) -> Tr
         for key in ("lr_g", "lr_d"):
             if cfg.to_dict()[key] is None:
                 values[key] = 5e-5
+    if values["ema_start"] is None:
+        values["ema_start"] = values["steps"] // 2
+    if values["threads"] is None and is_toy(cfg.dataset):
+        values["threads"] = 1
     if values["run_dir"] is None:
         values["run_dir"] = values["resume"] or str(
             Path("runs") / f"{cfg.dataset}-{time.strftime('%Y%m%d-%H%M%S')}"

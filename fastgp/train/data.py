@@ -482,7 +482,8 @@ def array_to_images(array: np.ndarray, source: str) -> Tensor:
     """(N, H, W), (N, C, H, W) or (N, H, W, C) images -> (N, C, H, W) uint8 or float32 [-1, 1].
 
     Layout: a 4-D array is NHWC when only its last axis has size 1, 3 or 4, NCHW when only
-    axis 1 does; both or neither is an error. A 4th (alpha) channel is dropped.
+    axis 1 does; when both do, the reading that gives square images wins; otherwise it is
+    an error. A 4th (alpha) channel is dropped.
     Range: integer arrays must lie in [0, 255] (kept as uint8); float arrays in [0, 1] are
     mapped to [-1, 1], float arrays in [-1, 1] with negative values are kept. A float array
     with no negative value is read as [0, 1].
@@ -492,6 +493,9 @@ def array_to_images(array: np.ndarray, source: str) -> Tensor:
     elif array.ndim == 4:
         channel_sizes = (1, 3, 4)
         first, last = array.shape[1] in channel_sizes, array.shape[3] in channel_sizes
+        if first and last:  # e.g. (N, 3, 32, 3): trust the reading with square images
+            first = array.shape[2] == array.shape[3]
+            last = array.shape[1] == array.shape[2]
         if last and not first:
             array = array.transpose(0, 3, 1, 2)
         elif first == last:

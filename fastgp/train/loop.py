@@ -66,7 +66,7 @@ class NonFiniteError(RuntimeError):
     def __init__(self, quantity: str, step: int, value: float | None = None) -> None:
         self.quantity, self.step = quantity, step
         shown = "" if value is None else f" ({value})"
-        super().__init__(f"{quantity} is not finite{shown} at generator step {step}")
+        super().__init__(f"{quantity} is not finite{shown} in generator step {step}")
 
 
 @dataclass
@@ -122,6 +122,16 @@ def _check_grads(name: str, module: nn.Module, step: int) -> float:
     if not bool(torch.isfinite(norm)):
         raise NonFiniteError(f"{name} gradient", step)
     return float(norm)
+
+
+MIN_LOSS_SCALE = 2.0**-16  # below this, fp16 gradients overflow whatever the scale
+
+
+def _check_scale(name: str, scaler: torch.amp.GradScaler, step: int) -> None:
+    """fp16: the scaler skips overflowing steps and halves its scale; a scale that keeps
+    falling means the gradients are non-finite at any scale."""
+    if scaler.is_enabled() and scaler.get_scale() < MIN_LOSS_SCALE:
+        raise NonFiniteError(f"{name} gradient (fp16 loss scale fell below 2**-16)", step)
 
 
 class _SigintFlag:
@@ -314,7 +324,7 @@ class Trainer:
 
     def critic_step(self) -> dict[str, float]:
         """One critic update on a fresh real batch and fresh fakes; returns its scalars."""
-        cfg, step = self.cfg, self.step
+        cfg, step = self.cfg, self.step + 1  # 1-based, as checkpoint numbers
         real = self._batch_real()
         with torch.no_grad(), self._autocast():
             fake = self.generator(self._batch_noise())
@@ -326,7 +336,10 @@ class Trainer:
             d_real, d_fake = self.critic(real_in), self.critic(fake_in)
             loss = critic_loss(cfg.objective, d_real, d_fake)
         _check_finite("critic loss", loss, step)
-        scalars = {"loss_d": float(loss.detach()), "wdist": float(wasserstein_estimate(d_real, d_fake))}
+        scalars = {
+            "loss_d": float(loss.detach()),
+            "wdist": float(wasserstein_estimate(d_real, d_fake)),
+        }
         total = loss
         lazy = cfg.lazy_reg
         if cfg.penalty != "none" and self.critic_steps % lazy == 0:
@@ -341,10 +354,12 @@ class Trainer:
                     backend=cfg.backend,
                     generator=self.rngs["penalty"],
                 )
-            _check_finite(f"{cfg.penalty} penalty", penalty, step)
+            fp16_overflow = self.scaler_d.is_enabled() and not bool(torch.isfinite(penalty))
+            if not fp16_overflow:  # fp16: an overflow is the scaler's to skip and rescale
+                _check_finite(f"{cfg.penalty} penalty", penalty, step)
+                scalars["gp"] = float(penalty.detach()) / lazy
             total = total + penalty
-            scalars["gp"] = float(penalty.detach()) / lazy
-            if norms is not None:
+            if norms is not None and not fp16_overflow:
                 scalars["grad_norm_mean"] = float(norms.float().mean())
                 scalars["grad_norm_std"] = float(norms.float().std()) if norms.numel() > 1 else 0.0
         if cfg.drift > 0:
@@ -356,6 +371,7 @@ class Trainer:
             _check_grads("critic", self.critic, step)
         self.scaler_d.step(self.opt_d)
         self.scaler_d.update()
+        _check_scale("critic", self.scaler_d, step)
         if cfg.objective == "wgan-clip":
             clip_weights(self.critic, cfg.clip)
         self.critic_steps += 1
@@ -363,6 +379,7 @@ class Trainer:
 
     def generator_step(self) -> dict[str, float]:
         """One generator update against the current critic; returns its scalars."""
+        step = self.step + 1
         self.critic.requires_grad_(False)  # no critic weight gradients needed here
         try:
             with self._autocast():
@@ -370,14 +387,15 @@ class Trainer:
                 loss = generator_loss(self.cfg.objective, self.critic(self._augmented(fake)))
         finally:
             self.critic.requires_grad_(True)
-        _check_finite("generator loss", loss, self.step)
+        _check_finite("generator loss", loss, step)
         self.opt_g.zero_grad(set_to_none=True)
         self.scaler_g.scale(loss).backward()
         dist_utils.average_gradients(self.generator, self.ctx)
         if not self.scaler_g.is_enabled():
-            _check_grads("generator", self.generator, self.step)
+            _check_grads("generator", self.generator, step)
         self.scaler_g.step(self.opt_g)
         self.scaler_g.update()
+        _check_scale("generator", self.scaler_g, step)
         dist_utils.average_buffers(self.generator, self.ctx)
         if self.ema is not None:
             self.ema.update(self.generator, self.step)
@@ -408,7 +426,7 @@ class Trainer:
         if not self.ctx.is_main:
             return None
         if not self._params_finite():
-            raise NonFiniteError("a model weight", self.step)
+            raise NonFiniteError("a model weight", self.step)  # never saved
         return ckpt.save_checkpoint(self.run_dir, self.step, state, keep_last=self.cfg.keep_last)
 
     @torch.no_grad()

@@ -11,6 +11,10 @@ single sample is spread over many programs; short rows are packed BLOCK_B to a t
 program still moves a useful amount of memory. The logical (row block, chunk) grid is
 flattened onto grid axis 0 because CUDA caps grid axes 1 and 2 at 65,535 programs, which
 a large batch of small samples would exceed.
+
+Integer kernel arguments: D stays specialized (Triton then knows when every row starts
+16-element aligned and can vectorize the loads); the other sizes and counts are in
+``do_not_specialize`` since specializing them buys nothing but extra compiled variants.
 """
 
 from __future__ import annotations
@@ -93,7 +97,7 @@ def _finish(out: Tensor, work: Tensor) -> Tensor:
     return out
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["B", "n_chunks"])
 def _interpolate_kernel(
     real_ptr,  # (B, D) rows, any float dtype
     fake_ptr,  # (B, D) rows, same dtype and row layout as real
@@ -126,7 +130,7 @@ def _interpolate_kernel(
     tl.store(out_ptr + offsets, x.to(out_ptr.dtype.element_ty), mask=mask)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["B", "n_chunks"])
 def _interpolate_backward_kernel(
     grad_out_ptr,  # (B, D) rows, any float dtype
     alpha_ptr,  # (B,) float32 (float64 for float64 grad_out)

@@ -81,7 +81,7 @@ def _div_ieee(x, y):
         return tl.div_rn(x, y)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["B", "n_chunks", "iters", "col_offset", "partial_cols"])
 def _penalty_sum_squares_kernel(
     grad_ptr,  # (B, D) rows of one gradient tensor, any float dtype
     partial_ptr,  # (B, partial_cols) fp32 (fp64 for fp64 grads); this tensor's columns
@@ -159,7 +159,7 @@ def _penalty_finalize_kernel(
     tl.store(penalty_ptr, penalty)
 
 
-@triton.jit(do_not_specialize=["factor_bits", "center_bits"])
+@triton.jit(do_not_specialize=["B", "pac", "n_chunks", "factor_bits", "center_bits"])
 def _penalty_backward_kernel(
     grad_ptr,  # (B, D) rows of one gradient tensor, any float dtype
     norms_ptr,  # (B // pac,) fp32 (fp64 for fp64 grads)

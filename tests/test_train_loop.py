@@ -1,0 +1,247 @@
+"""The training loop: every objective and penalty steps, the practices' flags are wired,
+NaN/inf stops with the last good checkpoint kept, AMP runs, a short run learns."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from fastgp.train import config, loop
+from fastgp.train.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint
+from fastgp.train.cli import main_train
+from fastgp.train.data import load_dataset
+from fastgp.train.metrics import evaluate_generator
+from fastgp.train.objectives import OBJECTIVES, PENALTIES
+from fastgp.train.run_log import read_metrics
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """The toy runs' thread count (config ``threads`` auto = 1 for toy sets)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def make_trainer(tmp_path: Path, dataset: str = "8gaussians", **options) -> loop.Trainer:
+    base = {"dataset": dataset, "batch_size": 16, "nf": 16, "n_critic": 2, "steps": 4}
+    base.update(backend="torch", run_dir=str(tmp_path / "run"), progress=False)
+    base.update(options)
+    images = {k: base.pop(k) for k in ("image_size", "channels") if k in base}
+    ds = load_dataset(dataset, **images)
+    cfg = config.resolve(config.merge(base, images), ds.sample_shape)
+    return loop.Trainer(cfg, ds)
+
+
+def tiny_toy(run_dir: Path, *extra: str) -> list[str]:
+    return [
+        "--dataset", "8gaussians", "--steps", "4", "--batch-size", "32", "--nf", "16",
+        "--n-critic", "2", "--log-every", "1", "--sample-every", "0", "--eval-every", "0",
+        "--checkpoint-every", "2", "--eval-samples", "100", "--backend", "torch",
+        "--no-tensorboard", "--no-progress", "--run-dir", str(run_dir), *extra,
+    ]  # fmt: skip
+
+
+def params(module: torch.nn.Module) -> list[torch.Tensor]:
+    return [p.detach().clone() for p in module.parameters()]
+
+
+@pytest.mark.parametrize("objective", OBJECTIVES)
+def test_every_objective_steps(tmp_path, objective):
+    trainer = make_trainer(tmp_path, objective=objective)
+    before = params(trainer.generator)
+    for _ in range(2):
+        scalars = trainer.train_step()
+        assert all(math.isfinite(v) for v in scalars.values()), scalars
+    assert any(
+        not torch.equal(a, b) for a, b in zip(before, params(trainer.generator), strict=True)
+    )
+
+
+@pytest.mark.parametrize("penalty", PENALTIES)
+def test_every_penalty_steps(tmp_path, penalty):
+    trainer = make_trainer(tmp_path, penalty=penalty, weight=1.0)
+    scalars = trainer.train_step()
+    assert all(math.isfinite(v) for v in scalars.values()), scalars
+    assert ("gp" in scalars) == (penalty != "none")
+    assert ("grad_norm_mean" in scalars) == (penalty != "none")
+
+
+def test_wgan_clip_keeps_weights_clipped(tmp_path):
+    trainer = make_trainer(tmp_path, objective="wgan-clip", clip=0.01)
+    trainer.train_step()
+    assert max(p.abs().max().item() for p in trainer.critic.parameters()) <= 0.01
+
+
+def test_lr_schedules():
+    cfg = config.merge({"steps": 100, "lr_schedule": "linear"})
+    assert [loop.lr_factor(cfg, s) for s in (0, 50, 100)] == [1.0, 0.5, 0.0]
+    cfg = config.merge({"steps": 100, "lr_schedule": "cosine"})
+    assert loop.lr_factor(cfg, 50) == pytest.approx(0.5)
+    cfg = config.merge({"steps": 100, "lr_schedule": "exponential", "lr_decay_start": 10})
+    cfg.lr_decay_rate = 0.9
+    assert loop.lr_factor(cfg, 10) == 1.0 and loop.lr_factor(cfg, 12) == pytest.approx(0.81)
+    cfg = config.merge({"steps": 100, "lr_schedule": "constant", "lr_warmup": 4})
+    assert [loop.lr_factor(cfg, s) for s in (0, 3, 4)] == [0.25, 1.0, 1.0]
+
+
+def test_schedule_reaches_the_optimizers(tmp_path):
+    trainer = make_trainer(tmp_path, lr_schedule="linear", steps=4, lr_g=1e-3, lr_d=2e-3)
+    scalars = [trainer.train_step() for _ in range(2)]
+    assert [s["lr_g"] for s in scalars] == pytest.approx([1e-3, 0.75e-3])
+    assert trainer.opt_d.param_groups[0]["lr"] == pytest.approx(1.5e-3)
+
+
+def test_same_seed_same_run(tmp_path):
+    a = make_trainer(tmp_path, seed=3, replay_size=32)
+    b = make_trainer(tmp_path, seed=3, replay_size=32)
+    c = make_trainer(tmp_path, seed=4, replay_size=32)
+    for t in (a, b, c):
+        for _ in range(3):
+            t.train_step()
+    assert all(torch.equal(x, y) for x, y in zip(params(a.critic), params(b.critic), strict=True))
+    assert not all(
+        torch.equal(x, y) for x, y in zip(params(a.critic), params(c.critic), strict=True)
+    )
+
+
+def test_ema_tracks_the_generator(tmp_path):
+    trainer = make_trainer(tmp_path, ema=0.5)
+    assert trainer.sampling_model is trainer.ema.model
+    trainer.train_step()
+    trainer.train_step()
+    ema_p, g_p = params(trainer.ema.model), params(trainer.generator)
+    assert not all(torch.equal(x, y) for x, y in zip(ema_p, g_p, strict=True))
+    off = make_trainer(tmp_path, ema=0.0)
+    assert off.ema is None and off.sampling_model is off.generator
+
+
+def test_replay_buffer_feeds_the_critic(tmp_path):
+    trainer = make_trainer(tmp_path, replay_size=64, replay_prob=1.0)
+    trainer.train_step()
+    assert len(trainer.replay) == 2 * 16  # two critic steps stored their fakes
+    assert trainer.state_dict()["ranks"][0]["replay"]["filled"] == 32
+
+
+def test_diffaug_applies_to_real_and_fake(tmp_path, monkeypatch):
+    calls = []
+    original = loop.diff_augment
+
+    def spy(x, policy, generator=None):
+        calls.append((tuple(x.shape), policy, x.requires_grad))
+        return original(x, policy, generator)
+
+    monkeypatch.setattr(loop, "diff_augment", spy)
+    trainer = make_trainer(
+        tmp_path, "shapes", image_size=28, channels=1, z_dim=8, nf=4, batch_size=4, n_critic=1,
+        diffaug="translation,cutout,flip",
+    )  # fmt: skip
+    trainer.train_step()
+    # Critic step: real and fake; generator step: fake (with its graph).
+    assert [c[1] for c in calls] == ["translation,cutout,flip"] * 3
+    assert calls[-1][2] is True
+
+
+def test_lazy_regularisation_scales_the_weight(tmp_path, monkeypatch):
+    weights = []
+    original = loop.regularizer
+
+    def spy(kind, critic, real, fake, **kwargs):
+        weights.append(kwargs["weight"])
+        return original(kind, critic, real, fake, **kwargs)
+
+    monkeypatch.setattr(loop, "regularizer", spy)
+    trainer = make_trainer(tmp_path, lazy_reg=4, n_critic=3, weight=0.5)
+    for _ in range(3):
+        trainer.train_step()
+    # 9 critic steps, the penalty on steps 0, 4, 8 with weight 0.5 * 4.
+    assert weights == [2.0, 2.0, 2.0]
+
+
+@pytest.mark.parametrize("amp", ["bf16", "fp16"])
+def test_amp_smoke(tmp_path, amp):
+    trainer = make_trainer(tmp_path, amp=amp)
+    for _ in range(3):
+        scalars = trainer.train_step()
+    assert all(math.isfinite(v) for v in scalars.values()), scalars
+    assert math.isfinite(scalars["loss_d"]) and math.isfinite(scalars["loss_g"])
+    if amp == "fp16":  # the scaler is in use (it may have halved its scale on overflows)
+        assert trainer.scaler_d.is_enabled() and 0 < trainer.scaler_d.get_scale() <= 2.0**16
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch, capsys):
+    original = loop.critic_loss
+    state = {"calls": 0}
+
+    def poisoned(objective, d_real, d_fake):
+        state["calls"] += 1
+        loss = original(objective, d_real, d_fake)
+        return loss * float("nan") if state["calls"] > 6 else loss  # 2 per step: step 4
+
+    monkeypatch.setattr(loop, "critic_loss", poisoned)
+    run = tmp_path / "run"
+    assert main_train(tiny_toy(run, "--checkpoint-every", "1")) == 3
+    err = capsys.readouterr().err
+    assert "critic loss is not finite (nan) in generator step 4" in err
+    assert [s for s, _ in list_checkpoints(run)] == [1, 2, 3]
+    kept = load_checkpoint(latest_checkpoint(run))
+    assert kept["step"] == 3
+    assert all(torch.isfinite(t).all() for t in kept["generator"].values())
+    errors = [r for r in read_metrics(run / "metrics.jsonl") if r["kind"] == "error"]
+    assert errors and errors[0]["step"] == 4
+
+
+def test_nan_gradient_names_the_network(tmp_path, monkeypatch, capsys):
+    original = loop.Trainer.generator_step
+
+    def poisoned(self):
+        if self.step == 1:
+            next(self.generator.parameters()).register_hook(lambda g: g * float("inf"))
+        return original(self)
+
+    monkeypatch.setattr(loop.Trainer, "generator_step", poisoned)
+    run = tmp_path / "run"
+    assert main_train(tiny_toy(run)) == 3
+    assert "generator gradient is not finite in generator step 2" in capsys.readouterr().err
+    assert list_checkpoints(run) == []  # the first checkpoint was due after step 2
+
+
+def test_huge_learning_rate_is_caught(tmp_path, capsys):
+    run = tmp_path / "run"
+    code = main_train(tiny_toy(run, "--lr-d", "1e30", "--lr-g", "1e30", "--steps", "30"))
+    assert code == 3
+    assert "not finite" in capsys.readouterr().err
+    for _, path in list_checkpoints(run):
+        state = load_checkpoint(path)
+        assert all(torch.isfinite(t).all() for t in state["critic"].values())
+
+
+def test_short_run_beats_the_untrained_generator(tmp_path):
+    trainer = make_trainer(
+        tmp_path, batch_size=128, nf=64, n_critic=3, steps=150, lr_g=2e-3, lr_d=2e-3, ema=0.0,
+        lr_schedule="constant",
+    )  # fmt: skip
+    ds = trainer.dataset
+
+    def quality() -> dict:
+        return evaluate_generator(trainer.generator, ds, num_samples=500, seed=0, device="cpu")
+
+    before = quality()
+    for _ in range(150):
+        trainer.train_step()
+    after = quality()
+    assert after["wasserstein1"] < 0.75 * before["wasserstein1"], (before, after)
+    assert after["modes_covered"] > before["modes_covered"]
+
+
+def test_config_json_is_the_resolved_config(tmp_path):
+    run = tmp_path / "run"
+    assert main_train(tiny_toy(run, "--steps", "1")) == 0
+    saved = json.loads((run / "config.json").read_text())
+    assert set(saved) == set(config.FIELD_NAMES)
+    assert saved["lr_schedule"] == "linear" and saved["n_critic"] == 2
