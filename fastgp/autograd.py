@@ -37,34 +37,41 @@ def kernels(backend: str, device_type: str) -> Kernels:
     ``torch.compile``, with fake kernels); Triton on CPU tensors (the interpreter, for tests)
     calls its launchers directly because the CPU dispatch key belongs to the C++ kernels.
     """
+    if torch.compiler.is_compiling():
+        # No cache while tracing: dynamo would guard on "key not in _kernels" and
+        # recompile once the first compiled call has filled the cache.
+        return _make_kernels(backend, device_type)
     key = (backend, device_type)
     found = _kernels.get(key)
     if found is None:
-        if backend == "cpp" or (backend == "triton" and device_type == "cuda"):
-            if backend == "cpp":
-                # The CPU kernels exist only once the extension is loaded (built on first use).
-                from fastgp.backends import cpp
+        if backend == "cpp":
+            # The CPU kernels exist only once the extension is loaded (built on first use).
+            # (Under torch.compile, resolve_backend has already run eagerly and loaded it.)
+            from fastgp.backends import cpp
 
-                cpp.load()
-            ops = torch.ops.fastgp
-            found = Kernels(
-                ops.interpolate.default,
-                ops.interpolate_backward.default,
-                ops.penalty_forward.default,
-                ops.penalty_backward.default,
-            )
-        else:
-            from fastgp.backends import implementation
-
-            module = implementation(backend)
-            found = Kernels(
-                module.interpolate,
-                module.interpolate_backward,
-                module.penalty_forward,
-                module.penalty_backward,
-            )
-        _kernels[key] = found
+            cpp.load()
+        found = _kernels[key] = _make_kernels(backend, device_type)
     return found
+
+
+def _make_kernels(backend: str, device_type: str) -> Kernels:
+    if backend == "cpp" or (backend == "triton" and device_type == "cuda"):
+        ops = torch.ops.fastgp
+        return Kernels(
+            ops.interpolate.default,
+            ops.interpolate_backward.default,
+            ops.penalty_forward.default,
+            ops.penalty_backward.default,
+        )
+    from fastgp.backends import implementation
+
+    module = implementation(backend)
+    return Kernels(
+        module.interpolate,
+        module.interpolate_backward,
+        module.penalty_forward,
+        module.penalty_backward,
+    )
 
 
 class InterpolateFunction(torch.autograd.Function):

@@ -99,7 +99,8 @@ def check_number(value: float, name: str) -> float:
         shape = tuple(value.shape)
         raise TypeError(f"`{name}` must be a real number, got a tensor of shape {shape}")
     value = float(value)
-    if not math.isfinite(value):
+    # Comparisons rather than math.isfinite: torch.compile traces them on symbolic floats.
+    if not -math.inf < value < math.inf:
         raise ValueError(f"`{name}` must be finite, got {value}")
     return value
 
@@ -121,7 +122,7 @@ def inverse_scale(grad_scale) -> float:
     if isinstance(scale, bool) or not isinstance(scale, numbers.Real):
         raise TypeError(f"`grad_scale` must be None, a number or a GradScaler, got {scale!r}")
     scale = float(scale)
-    if not math.isfinite(scale) or scale <= 0:
+    if not 0 < scale < math.inf:
         raise ValueError(f"`grad_scale` must be a positive finite scale, got {scale}")
     return 1.0 / scale
 

@@ -178,6 +178,14 @@ def test_mnist_resized_and_rgb(tmp_path):
     assert torch.allclose(data.sample(2, gen(0), "cpu"), torch.ones(2, 3, 32, 32))
 
 
+def test_mnist_data_dir_may_be_the_file_itself(tmp_path):
+    images = np.zeros((4, 28, 28), np.uint8)
+    write_idx(tmp_path / "train-images.idx3-ubyte", images, False)  # the dotted spelling
+    assert load_dataset("mnist", data_dir=str(tmp_path)).num_examples == 4
+    path = tmp_path / "train-images.idx3-ubyte"
+    assert load_dataset("mnist", data_dir=str(path)).num_examples == 4
+
+
 def test_mnist_missing_file_says_where_and_how(tmp_path):
     with pytest.raises(FileNotFoundError) as info:
         load_dataset("mnist", data_dir=str(tmp_path))

@@ -59,6 +59,7 @@ def unavailable_reason(name: str, device: torch.device, dtype: torch.dtype) -> s
     )
 
 
+@torch.compiler.assume_constant_result
 def resolve_backend(backend: str, device: torch.device, dtype: torch.dtype) -> str:
     """The backend that will run a call on tensors of this device and dtype."""
     key = (backend, device.type, dtype)

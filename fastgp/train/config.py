@@ -124,6 +124,12 @@ class TrainConfig:
     nf: int | None = _opt(
         "width: MLP hidden size or base conv channels (auto: 128 toy, 64 images)", default=None
     )
+    nf_g: int | None = _opt(
+        "generator width, if it should differ from the critic's (auto: 512 toy, nf images): "
+        "the generator is cheap next to the critic's double backward, and a wide toy "
+        "generator learns the sharp jumps between modes sooner",
+        default=None,
+    )
     spectral_norm: bool = _opt("spectral normalisation on every critic layer", default=False)
     critic_norm: str = _opt(
         "per-sample normalisation in the critic (never batch norm)",
@@ -386,6 +392,8 @@ def resolve(cfg: TrainConfig, sample_shape: tuple[int, ...] | None = None) -> Tr
         for key in ("lr_g", "lr_d"):
             if cfg.to_dict()[key] is None:
                 values[key] = 5e-5
+    if values["nf_g"] is None:
+        values["nf_g"] = 512 if is_toy(cfg.dataset) else values["nf"]
     if values["ema_start"] is None:
         values["ema_start"] = values["steps"] // 2
     if values["threads"] is None and is_toy(cfg.dataset):
@@ -438,7 +446,9 @@ def check(cfg: TrainConfig) -> None:
         value = getattr(cfg, name)
         if value is not None and value not in choices:
             raise ConfigError(f"{_flag(name)} must be one of {', '.join(choices)}; got {value!r}")
-    for name in ("image_size", "channels", "z_dim", "nf", "n_critic", "lazy_reg", "batch_size"):
+    for name in ("image_size", "channels", "z_dim", "nf", "nf_g", "n_critic", "lazy_reg"):
+        positive(name)
+    for name in ("batch_size",):
         positive(name)
     for name in ("steps", "lr_warmup", "lr_decay_start", "ema_start", "replay_size", "log_every"):
         positive(name, allow_zero=True)

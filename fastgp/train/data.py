@@ -354,14 +354,21 @@ def find_mnist_file(data_dir: Path, stem: str) -> Path | None:
 
 
 def load_mnist(data_dir: str | None, image_size: int | None, channels: int | None) -> Dataset:
-    """MNIST training images from IDX files; the t10k images (if present) are the heldout set."""
+    """MNIST training images from IDX files; the t10k images (if present) are the heldout set.
+
+    ``data_dir`` is the folder with ``train-images-idx3-ubyte[.gz]``, torchvision's root
+    (``ROOT/MNIST/raw/``), or the training-images file itself.
+    """
     if data_dir is None:
         raise ValueError(
             "dataset 'mnist' needs `data_dir` (--data-dir): the folder holding "
             "train-images-idx3-ubyte[.gz] (or torchvision's root, with MNIST/raw/ inside)"
         )
-    root = Path(data_dir)
-    train_file = find_mnist_file(root, "train-images-idx3-ubyte")
+    root = Path(data_dir).expanduser()
+    if root.is_file():  # the training-images file itself; t10k is looked for beside it
+        train_file, root = root, root.parent
+    else:
+        train_file = find_mnist_file(root, "train-images-idx3-ubyte")
     if train_file is None:
         searched = ", ".join(str(d) for d in _mnist_search_dirs(root))
         raise FileNotFoundError(
@@ -406,7 +413,7 @@ def load_folder(data_dir: str | None, image_size: int | None, channels: int | No
 
     if data_dir is None:
         raise ValueError("dataset 'folder' needs `data_dir` (--data-dir): a folder of images")
-    folder = Path(data_dir)
+    folder = Path(data_dir).expanduser()
     if not folder.is_dir():
         raise FileNotFoundError(f"dataset 'folder': `data_dir` {folder} is not a directory")
     files = list_images(folder)
@@ -449,7 +456,7 @@ def find_array_file(data_dir: str | None, name: str) -> Path:
             f"dataset {name!r} needs `data_dir` (--data-dir): a .npz/.npy file or a folder "
             "holding exactly one"
         )
-    path = Path(data_dir)
+    path = Path(data_dir).expanduser()
     if path.is_file():
         if path.suffix.lower() not in (".npz", ".npy"):
             raise ValueError(f"dataset {name!r}: {path} is not a .npz or .npy file")

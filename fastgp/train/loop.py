@@ -107,6 +107,20 @@ def lr_factor(cfg: TrainConfig, step: int) -> float:
     return factor
 
 
+def build_networks(cfg: TrainConfig, sample_shape: tuple[int, ...]) -> tuple[nn.Module, nn.Module]:
+    """``(generator, critic)`` of a resolved config; the generator has width ``nf_g`` (taken
+    from a pair built at that width when it differs from the critic's ``nf``)."""
+    pair = {
+        "spectral_norm": cfg.spectral_norm,
+        "critic_norm": cfg.critic_norm,
+        "generator_norm": cfg.generator_norm,
+    }
+    generator, critic = build_models(cfg.arch, sample_shape, cfg.z_dim, cfg.nf, **pair)
+    if cfg.nf_g != cfg.nf:
+        generator = build_models(cfg.arch, sample_shape, cfg.z_dim, cfg.nf_g, **pair)[0]
+    return generator, critic
+
+
 def _check_finite(quantity: str, value: Tensor, step: int) -> None:
     if not bool(torch.isfinite(value).all()):
         shown = value.detach().float().reshape(-1)[0].item() if value.numel() == 1 else None
@@ -193,15 +207,7 @@ class Trainer:
         self.run_dir = Path(cfg.run_dir)
         self.step = 0
         torch.manual_seed(cfg.seed)  # the same initial weights on every rank
-        self.generator, self.critic = build_models(
-            cfg.arch,
-            dataset.sample_shape,
-            cfg.z_dim,
-            cfg.nf,
-            spectral_norm=cfg.spectral_norm,
-            critic_norm=cfg.critic_norm,
-            generator_norm=cfg.generator_norm,
-        )
+        self.generator, self.critic = build_networks(cfg, dataset.sample_shape)
         self.generator.to(self.device)
         self.critic.to(self.device)
         dist_utils.broadcast_module(self.generator, self.ctx)

@@ -154,7 +154,12 @@ def _dcgan28_pair(
 ) -> tuple[nn.Module, nn.Module]:
     """gan_mnist.py (WGAN-GP paper): G: linear -> 4x4x4nf -> deconv 8x8 -> crop 7x7 ->
     14x14 -> 28x28 (5x5 kernels, ReLU, tanh out); D: three 5x5 stride-2 convs
-    28 -> 14 -> 7 -> 4 with LeakyReLU 0.2, then linear."""
+    28 -> 14 -> 7 -> 4 with LeakyReLU 0.2, then linear.
+
+    Departures from gan_mnist.py, for [-1, 1] data: tanh instead of sigmoid out; batch norm
+    in G by default (``generator_norm``; the paper code only used it in its 'wgan' mode).
+    G keeps the paper's ReLU (tutorial ports often use LeakyReLU; both train).
+    """
 
     def up(c_in: int, c_out: int) -> nn.ConvTranspose2d:
         return nn.ConvTranspose2d(c_in, c_out, 5, stride=2, padding=2, output_padding=1)

@@ -21,8 +21,8 @@ from torch import Tensor, nn
 from fastgp.train.checkpoint import atomic_write, latest_checkpoint, load_checkpoint
 from fastgp.train.config import TrainConfig, merge
 from fastgp.train.data import Dataset, load_dataset
+from fastgp.train.loop import build_networks as build_untrained
 from fastgp.train.metrics import evaluate_generator, generate
-from fastgp.train.models import build_models
 from fastgp.train.plots import save_image_grid, save_toy_plot
 
 SAMPLE_FORMATS = (".png", ".npy", ".npz", ".pt")
@@ -68,16 +68,7 @@ def build_networks(run: LoadedRun, *, ema: bool | None = None) -> tuple[nn.Modul
     ``ema``: use the EMA generator (None: when the run has one; True without one is an
     error).
     """
-    cfg = run.cfg
-    generator, critic = build_models(
-        cfg.arch,
-        run.sample_shape,
-        cfg.z_dim,
-        cfg.nf,
-        spectral_norm=cfg.spectral_norm,
-        critic_norm=cfg.critic_norm,
-        generator_norm=cfg.generator_norm,
-    )
+    generator, critic = build_untrained(run.cfg, run.sample_shape)
     use_ema = run.has_ema if ema is None else ema
     if use_ema and not run.has_ema:
         raise ValueError(f"--ema: {run.checkpoint} has no EMA generator (trained with --ema 0)")
