@@ -19,6 +19,7 @@ from __future__ import annotations
 import gzip
 import math
 import os
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from pathlib import Path
 
@@ -52,7 +53,7 @@ MNIST_URLS = (
 )
 
 
-class Dataset:
+class Dataset(ABC):
     """What the trainer needs from a dataset.
 
     Attributes:
@@ -89,8 +90,9 @@ class Dataset:
         _check_batch_size(n, "n")
         return self._draw_heldout(n, generator).cpu()
 
+    @abstractmethod
     def _draw(self, batch_size: int, generator: torch.Generator) -> Tensor:
-        raise NotImplementedError
+        """(batch_size, *sample_shape) float32, on the generator's device."""
 
     def _draw_heldout(self, n: int, generator: torch.Generator) -> Tensor:
         return self._draw(n, generator)
