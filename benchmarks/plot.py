@@ -3,6 +3,7 @@ plus one panel for the whole critic steps."""
 
 from __future__ import annotations
 
+import statistics
 from pathlib import Path
 
 import matplotlib
@@ -38,8 +39,13 @@ def plot_speedups(rows: list[dict[str, object]], path: Path, title: str) -> None
                 if r["op"] == op and r["mode"] == mode and r["provider"] == provider
             )
             if pts:
+                # Several batch sizes share an element count: points for each, the line
+                # through their median.
                 xs, ys = zip(*pts, strict=True)
-                ax.plot(xs, ys, marker=marker, color=color, label=label, lw=1, ms=4)
+                ax.plot(xs, ys, ls="none", marker=marker, color=color, ms=4, alpha=0.6)
+                line_x = sorted(set(xs))
+                line_y = [statistics.median(y for x, y in pts if x == n) for n in line_x]
+                ax.plot(line_x, line_y, color=color, label=label, lw=1)
         ax.axhline(1.0, color="black", lw=0.8, ls="--", label="eager")
         ax.set_xscale("log")
         ax.set_yscale("log")

@@ -28,9 +28,10 @@ DTYPES = {
     "bfloat16": torch.bfloat16,
     "float64": torch.float64,
 }
-OP_TIMING = TimingConfig()
+OP_TIMING = TimingConfig(warmup_s=0.05, min_time_s=0.15, min_repeats=10)
 OP_TIMING_QUICK = TimingConfig(warmup_s=0.0, min_warmup=2, min_time_s=0.01, min_repeats=3)
-STEP_TIMING = TimingConfig(warmup_s=0.0, min_warmup=2, min_time_s=1.0, min_repeats=5)
+# A DCGAN 64x64 step takes seconds on 2 cores: few samples, interleaved across providers.
+STEP_TIMING = TimingConfig(warmup_s=0.0, min_warmup=1, min_time_s=0.0, min_repeats=3)
 STEP_TIMING_QUICK = TimingConfig(warmup_s=0.0, min_warmup=1, min_time_s=0.0, min_repeats=2)
 
 

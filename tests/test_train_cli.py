@@ -20,6 +20,7 @@ def tiny_toy(run_dir: Path, *extra: str) -> list[str]:
     """A toy run of a few steps that takes about a second."""
     return [
         "--dataset", "8gaussians", "--steps", "4", "--batch-size", "32", "--nf", "16",
+        "--nf-g", "16",
         "--n-critic", "2", "--log-every", "2", "--sample-every", "4", "--eval-every", "4",
         "--checkpoint-every", "2", "--eval-samples", "200", "--backend", "torch",
         "--no-tensorboard", "--no-progress", "--run-dir", str(run_dir), *extra,

@@ -78,6 +78,7 @@ def single_process(opts: dict, steps: int) -> dict:
     return {"generator": trainer.generator.state_dict(), "critic": trainer.critic.state_dict()}
 
 
+@pytest.mark.slow  # about 20-30 s: two interpreters importing torch, plus the run
 def test_two_processes_agree_and_match_one(tmp_path):
     driver = tmp_path / "driver.py"
     driver.write_text(DRIVER)
@@ -94,11 +95,16 @@ def test_two_processes_agree_and_match_one(tmp_path):
     alone = single_process(runs["r1"], STEPS)
     initial = single_process(runs["r1"], 0)
     rank0 = torch.load(tmp_path / "r1-rank0.pt", weights_only=True)
+    # Adam divides by sqrt(v): a gradient near 0 summed in another order can change its
+    # update by a few percent of one step (lr 1e-3), hence atol 1e-4 against steps that
+    # moved the weights by ~3e-3.
     for net in ("generator", "critic"):
         for key, value in alone[net].items():
-            torch.testing.assert_close(rank0[net][key], value, rtol=1e-4, atol=1e-5)
-        moved = [not torch.equal(v, initial[net][k]) for k, v in alone[net].items()]
-        assert all(moved), f"{net}: training left some parameters unchanged"
+            torch.testing.assert_close(rank0[net][key], value, rtol=1e-3, atol=1e-4)
+            moved = (value - initial[net][key]).abs().max().item()
+            # (The critic's output bias cancels in D(real) - D(fake): it never moves.)
+            if key.endswith("weight"):
+                assert moved > 1e-3, f"{net}.{key} barely moved ({moved}): the check is vacuous"
 
 
 @pytest.mark.slow

@@ -29,7 +29,7 @@ def one_thread():
 
 
 def make_trainer(tmp_path: Path, dataset: str = "8gaussians", **options) -> loop.Trainer:
-    base = {"dataset": dataset, "batch_size": 16, "nf": 16, "n_critic": 2, "steps": 4}
+    base = {"dataset": dataset, "batch_size": 16, "nf": 16, "nf_g": 16, "n_critic": 2, "steps": 4}
     base.update(backend="torch", run_dir=str(tmp_path / "run"), progress=False)
     base.update(options)
     images = {k: base.pop(k) for k in ("image_size", "channels") if k in base}
@@ -41,6 +41,7 @@ def make_trainer(tmp_path: Path, dataset: str = "8gaussians", **options) -> loop
 def tiny_toy(run_dir: Path, *extra: str) -> list[str]:
     return [
         "--dataset", "8gaussians", "--steps", "4", "--batch-size", "32", "--nf", "16",
+        "--nf-g", "16",
         "--n-critic", "2", "--log-every", "1", "--sample-every", "0", "--eval-every", "0",
         "--checkpoint-every", "2", "--eval-samples", "100", "--backend", "torch",
         "--no-tensorboard", "--no-progress", "--run-dir", str(run_dir), *extra,
@@ -111,7 +112,7 @@ def test_same_seed_same_run(tmp_path):
 
 
 def test_ema_tracks_the_generator(tmp_path):
-    trainer = make_trainer(tmp_path, ema=0.5)
+    trainer = make_trainer(tmp_path, ema=0.5, ema_start=0)
     assert trainer.sampling_model is trainer.ema.model
     trainer.train_step()
     trainer.train_step()
@@ -223,8 +224,8 @@ def test_huge_learning_rate_is_caught(tmp_path, capsys):
 
 def test_short_run_beats_the_untrained_generator(tmp_path):
     trainer = make_trainer(
-        tmp_path, batch_size=128, nf=64, n_critic=3, steps=150, lr_g=2e-3, lr_d=2e-3, ema=0.0,
-        lr_schedule="constant",
+        tmp_path, batch_size=128, nf=64, nf_g=64, n_critic=3, steps=150, lr_g=2e-3,
+        lr_d=2e-3, ema=0.0, lr_schedule="constant",
     )  # fmt: skip
     ds = trainer.dataset
 

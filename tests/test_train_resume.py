@@ -23,6 +23,7 @@ VOLATILE = {"time", "samples_per_s", "steps_per_s"}  # wall-clock fields differ 
 def tiny(run_dir: Path, steps: int, *extra: str) -> list[str]:
     return [
         "--dataset", "25gaussians", "--steps", str(steps), "--batch-size", "32", "--nf", "16",
+        "--nf-g", "16",
         "--n-critic", "3", "--lazy-reg", "2", "--lr-schedule", "constant", "--ema", "0.9",
         "--ema-start", "2", "--replay-size", "64", "--log-every", "2", "--sample-every", "0",
         "--eval-every", "0", "--checkpoint-every", "3", "--eval-samples", "100",

@@ -341,7 +341,6 @@ class Trainer:
         with self._autocast():
             d_real, d_fake = self.critic(real_in), self.critic(fake_in)
             loss = critic_loss(cfg.objective, d_real, d_fake)
-        _check_finite("critic loss", loss, step)
         scalars = {
             "loss_d": float(loss.detach()),
             "wdist": float(wasserstein_estimate(d_real, d_fake)),
@@ -360,19 +359,27 @@ class Trainer:
                     backend=cfg.backend,
                     generator=self.rngs["penalty"],
                 )
-            fp16_overflow = self.scaler_d.is_enabled() and not bool(torch.isfinite(penalty))
-            if not fp16_overflow:  # fp16: an overflow is the scaler's to skip and rescale
-                _check_finite(f"{cfg.penalty} penalty", penalty, step)
-                scalars["gp"] = float(penalty.detach()) / lazy
             total = total + penalty
-            if norms is not None and not fp16_overflow:
-                scalars["grad_norm_mean"] = float(norms.float().mean())
-                scalars["grad_norm_std"] = float(norms.float().std()) if norms.numel() > 1 else 0.0
+            # fp16: an overflow of the scaled input gradient is the scaler's to skip.
+            if self.scaler_d.is_enabled() and not bool(torch.isfinite(penalty)):
+                penalty = None
+            else:
+                scalars["gp"] = float(penalty.detach()) / lazy
+                if norms is not None:
+                    scalars["grad_norm_mean"] = float(norms.float().mean())
+                    scalars["grad_norm_std"] = float(norms.float().std()) if len(norms) > 1 else 0.0
+        else:
+            penalty = None
         if cfg.drift > 0:
             total = total + drift_penalty(d_real, cfg.drift)
         self.opt_d.zero_grad(set_to_none=True)
         self.scaler_d.scale(total).backward()
+        # Checked after the all-reduce: a NaN on any rank is then in every rank's gradients,
+        # so all ranks stop in the same step instead of one waiting in a collective.
         dist_utils.average_gradients(self.critic, self.ctx)
+        _check_finite("critic loss", loss, step)
+        if penalty is not None:
+            _check_finite(f"{cfg.penalty} penalty", penalty, step)
         if not self.scaler_d.is_enabled():  # fp16: inf gradients are the scaler's to skip
             _check_grads("critic", self.critic, step)
         self.scaler_d.step(self.opt_d)
@@ -393,10 +400,10 @@ class Trainer:
                 loss = generator_loss(self.cfg.objective, self.critic(self._augmented(fake)))
         finally:
             self.critic.requires_grad_(True)
-        _check_finite("generator loss", loss, step)
         self.opt_g.zero_grad(set_to_none=True)
         self.scaler_g.scale(loss).backward()
         dist_utils.average_gradients(self.generator, self.ctx)
+        _check_finite("generator loss", loss, step)
         if not self.scaler_g.is_enabled():
             _check_grads("generator", self.generator, step)
         self.scaler_g.step(self.opt_g)
@@ -503,15 +510,8 @@ class Trainer:
                 while self.step < cfg.steps:
                     try:
                         scalars = self.train_step()
-                    except NonFiniteError as e:
-                        dist_utils.any_true(True, self.ctx)
+                    except NonFiniteError as e:  # every rank raises in the same step
                         return self._nonfinite(e, last_saved, log)
-                    if dist_utils.any_true(False, self.ctx):
-                        return self._nonfinite(
-                            NonFiniteError("a quantity on another rank", self.step),
-                            last_saved,
-                            log,
-                        )
                     self.means.add(scalars)
                     step = self.step
                     if bar is not None:
