@@ -28,7 +28,8 @@ def tiny_toy(run_dir: Path, *extra: str) -> list[str]:
 
 
 def tiny_images(run_dir: Path, *extra: str) -> list[str]:
-    """A 28x28 procedural-shapes run with the DCGAN 28 pair, two steps."""
+    """A 28x28 procedural-shapes run with the DCGAN 28 pair, two steps (later flags in
+    ``extra`` override these: argparse keeps the last value)."""
     return [
         "--dataset", "shapes", "--image-size", "28", "--channels", "1", "--steps", "2",
         "--batch-size", "8", "--nf", "8", "--z-dim", "16", "--n-critic", "1",
@@ -201,3 +202,46 @@ def test_image_run_sample_and_eval(tmp_path, capsys):
     assert main_eval([str(run), "--json", "--num", "16"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert np.isfinite(result["critic_wasserstein"])
+
+
+def write_idx_images(path: Path, images: np.ndarray) -> None:
+    """An IDX3 uint8 file (magic 0x00000803, big-endian sizes), gzipped if ``.gz``."""
+    import gzip
+    import struct
+
+    header = struct.pack(">IIII", 0x803, *images.shape)
+    data = header + images.astype(np.uint8).tobytes()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(gzip.compress(data) if path.suffix == ".gz" else data)
+
+
+@pytest.mark.parametrize("kind", ["mnist", "folder", "npz"])
+def test_trains_on_user_data(tmp_path, kind, capsys):
+    rng = np.random.default_rng(0)
+    data = tmp_path / "data"
+    extra: list[str] = []
+    if kind == "mnist":  # torchvision's layout: ROOT/MNIST/raw/*-ubyte.gz
+        raw = data / "MNIST" / "raw"
+        write_idx_images(raw / "train-images-idx3-ubyte.gz", rng.integers(0, 256, (20, 28, 28)))
+        write_idx_images(raw / "t10k-images-idx3-ubyte.gz", rng.integers(0, 256, (10, 28, 28)))
+        arch = "dcgan28"
+    elif kind == "folder":  # RGB images of another size, resized/cropped to 32
+        from PIL import Image
+
+        data.mkdir()
+        for i in range(6):
+            pixels = rng.integers(0, 256, (40, 48, 3)).astype(np.uint8)
+            Image.fromarray(pixels).save(data / f"{i}.png")
+        extra, arch = ["--image-size", "32"], "dcgan32"
+    else:
+        data.mkdir()
+        np.savez(data / "images.npz", x=rng.integers(0, 256, (12, 1, 28, 28)).astype(np.uint8))
+        arch = "dcgan28"
+    run = tmp_path / "run"
+    args = tiny_images(run, "--data-dir", str(data), "--dataset", kind, "--steps", "1", *extra)
+    if kind != "folder":
+        args += ["--image-size", "28"]
+    assert main_train(args) == 0, capsys.readouterr().err
+    saved = json.loads((run / "config.json").read_text())
+    assert saved["arch"] == arch and saved["dataset"] == kind
+    assert (run / "samples" / "step-00000001.png").is_file()

@@ -65,6 +65,7 @@ def test_every_objective_steps(tmp_path, objective):
 
 
 @pytest.mark.parametrize("penalty", PENALTIES)
+@pytest.mark.filterwarnings("ignore:objective 'wgan-gp' with penalty 'none'")
 def test_every_penalty_steps(tmp_path, penalty):
     trainer = make_trainer(tmp_path, penalty=penalty, weight=1.0)
     scalars = trainer.train_step()

@@ -406,6 +406,7 @@ def resolve(cfg: TrainConfig, sample_shape: tuple[int, ...] | None = None) -> Tr
         )
     resolved = TrainConfig(**values)
     check(resolved)
+    check_combination(resolved.objective, resolved.penalty)  # warns about odd pairs, once
     return resolved
 
 
@@ -448,19 +449,16 @@ def check(cfg: TrainConfig) -> None:
         value = getattr(cfg, name)
         if value is not None and value not in choices:
             raise ConfigError(f"{_flag(name)} must be one of {', '.join(choices)}; got {value!r}")
-    for name in ("image_size", "channels", "z_dim", "nf", "nf_g", "n_critic", "lazy_reg"):
+    for name in (
+        "image_size", "channels", "z_dim", "nf", "nf_g", "n_critic", "lazy_reg", "batch_size",
+        "log_every", "eval_samples", "keep_last", "threads",
+    ):  # fmt: skip
         positive(name)
-    for name in ("batch_size",):
-        positive(name)
-    for name in ("steps", "lr_warmup", "lr_decay_start", "ema_start", "replay_size", "log_every"):
+    for name in (
+        "steps", "lr_warmup", "lr_decay_start", "ema_start", "replay_size", "sample_every",
+        "checkpoint_every", "eval_every",
+    ):  # fmt: skip
         positive(name, allow_zero=True)
-    for name in ("sample_every", "checkpoint_every", "eval_every"):
-        positive(name, allow_zero=True)
-    positive("eval_samples")
-    positive("keep_last")
-    positive("threads")
-    if cfg.log_every == 0:
-        raise ConfigError("--log-every must be an integer >= 1, got 0")
     if isinstance(cfg.seed, bool) or not isinstance(cfg.seed, int):
         raise ConfigError(f"--seed must be an integer, got {cfg.seed!r}")
     if cfg.channels is not None and cfg.channels not in (1, 3):
@@ -488,10 +486,8 @@ def check(cfg: TrainConfig) -> None:
         raise ConfigError(
             f"--image-size/--channels apply to images; dataset {cfg.dataset!r} is 2-D points"
         )
-    if cfg.batch_size is not None and cfg.penalty is not None and cfg.batch_size < 2:
-        raise ConfigError(f"--batch-size must be >= 2, got {cfg.batch_size}")
-    if cfg.objective and cfg.penalty:
-        check_combination(cfg.objective, cfg.penalty)
+    if cfg.penalty is not None:
+        check_combination(cfg.objective, cfg.penalty, warn=False)
 
 
 # ------------------------------------------------------------------------- persistence

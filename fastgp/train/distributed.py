@@ -2,13 +2,13 @@
 
 Why gradients are averaged by hand instead of by ``DistributedDataParallel``: the WGAN-GP
 critic step differentiates the critic twice (``autograd.grad(..., create_graph=True)`` for
-the penalty, then ``backward`` through that gradient). DDP's reducer hooks fire during the
-first ``autograd.grad`` as well and it does not support double backward (PyTorch documents
-``autograd.grad`` with ``create_graph`` as unsupported under DDP), so the buckets it reduces
-would be the wrong ones or the step would hang. Averaging ``.grad`` after the complete
-``backward`` is simple and exactly right: every rank ends the step with the mean of all
-ranks' gradients, which for losses that are means over the batch is the gradient of the
-global batch. One flat buffer per model keeps it to one collective per optimizer step.
+the penalty, then ``backward`` through that gradient). DDP's documentation says it works
+only when gradients are accumulated into ``.grad`` and not with ``torch.autograd.grad``; its
+reducer hooks would also see the penalty's inner gradient pass, which is not a parameter
+gradient at all. Averaging ``.grad`` after the complete ``backward`` is simple and exactly
+right: every rank ends the step with the mean of all ranks' gradients, which for losses that
+are means over the batch (with equal shards) is the gradient of the global batch. One flat
+buffer per model keeps it to one collective per optimizer step.
 
 Only rank 0 writes files; ``any_true`` lets every rank agree to stop (NaN, Ctrl-C) at the
 same step, so no rank waits forever in a collective.

@@ -203,7 +203,6 @@ class Trainer:
                 f"--batch-size {cfg.batch_size} must be divisible by the number of processes "
                 f"({self.ctx.world_size})"
             )
-        self.local_batch = cfg.batch_size // self.ctx.world_size
         self.run_dir = Path(cfg.run_dir)
         self.step = 0
         torch.manual_seed(cfg.seed)  # the same initial weights on every rank
