@@ -97,6 +97,19 @@ def _finish(out: Tensor, work: Tensor) -> Tensor:
     return out
 
 
+@triton.jit
+def _row_tile(B, D, n_chunks, BLOCK_B: tl.constexpr, BLOCK_D: tl.constexpr):
+    # The (BLOCK_B, BLOCK_D) tile of a (B, D) row-major view owned by this program of a flat
+    # grid of cdiv(B, BLOCK_B) * n_chunks programs: rows, their mask, the tile mask and the
+    # int64 element offsets (row * D + col overflows int32 past 2**31 - 1 elements).
+    pid = tl.program_id(0).to(tl.int64)
+    rows = (pid // n_chunks) * BLOCK_B + tl.arange(0, BLOCK_B)
+    cols = (pid % n_chunks) * BLOCK_D + tl.arange(0, BLOCK_D)
+    row_mask = rows < B
+    mask = row_mask[:, None] & (cols < D)[None, :]
+    return rows, row_mask, mask, rows[:, None] * D + cols[None, :]
+
+
 @triton.jit(do_not_specialize=["B", "n_chunks"])
 def _interpolate_kernel(
     real_ptr,  # (B, D) rows, any float dtype
@@ -114,14 +127,7 @@ def _interpolate_kernel(
     # 64-bit program ids and offsets: row * D + col overflows int32 once a tensor has more
     # than 2**31 - 1 elements (8 GiB of fp32), and the wrapped offset would address memory
     # silently instead of failing.
-    pid = tl.program_id(0).to(tl.int64)
-    pid_b = pid // n_chunks
-    pid_d = pid % n_chunks
-    rows = pid_b * BLOCK_B + tl.arange(0, BLOCK_B)
-    cols = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
-    row_mask = rows < B
-    mask = row_mask[:, None] & (cols < D)[None, :]
-    offsets = rows[:, None] * D + cols[None, :]
+    rows, row_mask, mask, offsets = _row_tile(B, D, n_chunks, BLOCK_B, BLOCK_D)
     a = tl.load(alpha_ptr + rows, mask=row_mask, other=0.0)[:, None]
     r = tl.load(real_ptr + offsets, mask=mask, other=0.0).to(a.dtype)
     f = tl.load(fake_ptr + offsets, mask=mask, other=0.0).to(a.dtype)
@@ -148,14 +154,7 @@ def _interpolate_backward_kernel(
     # both gradients from one read of grad_out.
     # Derivative: dL/d real = alpha * dL/d x_hat, dL/d fake = (1 - alpha) * dL/d x_hat.
     # 64-bit ids and offsets for the same reason as _interpolate_kernel (> 2**31 elements).
-    pid = tl.program_id(0).to(tl.int64)
-    pid_b = pid // n_chunks
-    pid_d = pid % n_chunks
-    rows = pid_b * BLOCK_B + tl.arange(0, BLOCK_B)
-    cols = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
-    row_mask = rows < B
-    mask = row_mask[:, None] & (cols < D)[None, :]
-    offsets = rows[:, None] * D + cols[None, :]
+    rows, row_mask, mask, offsets = _row_tile(B, D, n_chunks, BLOCK_B, BLOCK_D)
     a = tl.load(alpha_ptr + rows, mask=row_mask, other=0.0)[:, None]
     g = tl.load(grad_out_ptr + offsets, mask=mask, other=0.0).to(a.dtype)
     if HAS_REAL:

@@ -37,6 +37,7 @@ from fastgp.backends.triton.interpolate import (
     _finish,
     _kernel_output,
     _on_device,
+    _row_tile,
     _rows_like,
     _tile,
     _work_buffer,
@@ -180,12 +181,7 @@ def _penalty_backward_kernel(
     # i = row // pac, d_i = n_i - center (clamped at 0 one-sided), coefficient 0 at n_i = 0.
     # 64-bit ids and offsets for the same reason as _penalty_sum_squares_kernel.
     acc_dtype: tl.constexpr = norms_ptr.dtype.element_ty
-    pid = tl.program_id(0).to(tl.int64)
-    pid_b = pid // n_chunks
-    pid_d = pid % n_chunks
-    rows = pid_b * BLOCK_B + tl.arange(0, BLOCK_B)
-    cols = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
-    row_mask = rows < B
+    rows, row_mask, mask, offsets = _row_tile(B, D, n_chunks, BLOCK_B, BLOCK_D)
     # Per-row coefficient: BLOCK_B scalars per program, negligible next to the tile.
     n = tl.load(norms_ptr + rows // pac, mask=row_mask, other=0.0)
     d = n - _decode_f64(center_bits, acc_dtype)
@@ -195,8 +191,6 @@ def _penalty_backward_kernel(
     ratio = tl.where(positive, _div_ieee(d, tl.where(positive, n, 1.0)), 0.0)
     scale = tl.load(grad_penalty_ptr).to(acc_dtype) * _decode_f64(factor_bits, acc_dtype)
     coef = (ratio * scale)[:, None]
-    mask = row_mask[:, None] & (cols < D)[None, :]
-    offsets = rows[:, None] * D + cols[None, :]
     g = tl.load(grad_ptr + offsets, mask=mask, other=0.0).to(acc_dtype)
     tl.store(out_ptr + offsets, (coef * g).to(out_ptr.dtype.element_ty), mask=mask)
 
