@@ -15,6 +15,7 @@ PROVIDER_STYLE = {
     "compile": ("tab:orange", "s", "torch.compile"),
     "fastgp": ("tab:blue", "o", "fastgp"),
     "copy": ("tab:gray", "^", "copy (speed of light)"),
+    "one_op": ("tab:green", "v", "one PyTorch op (floor)"),
 }
 
 

@@ -8,6 +8,12 @@
 - ``fastgp``: the public ``fastgp.interpolate`` / ``fastgp.penalty_from_grads`` with the
   backend the run asked for (``auto``: C++ on CPU, Triton on CUDA).
 - ``copy``: ``dst.copy_(src)`` of the case's counted bytes: the speed of light.
+- ``one_op``: one built-in PyTorch operator with the same memory traffic and a single autograd
+  node, called the same way (``torch.lerp(fake, real, alpha)`` for the interpolation;
+  ``torch.linalg.vector_norm(g)``, one norm over the whole tensor, for the penalty). It is
+  not a competitor (the norm computes a different quantity): it is the floor of any
+  implementation that is one operator call from Python, so ``eager / one_op`` bounds the
+  speed-up over eager that fusing can buy at sizes where fixed per-call costs dominate.
 
 alpha is drawn once per input set for every provider, so no provider pays for ``torch.rand``.
 """
@@ -23,7 +29,7 @@ from torch import Tensor
 import fastgp
 from benchmarks.cases import OpCase, counted_bytes
 
-PROVIDERS = ("eager", "compile", "fastgp", "copy")
+PROVIDERS = ("eager", "compile", "fastgp", "copy", "one_op")
 LAMBDA_GP = 10.0
 MAX_INPUT_SETS = 256
 
@@ -38,6 +44,17 @@ def eager_penalty(grads: Tensor) -> Tensor:
     """The usual WGAN-GP penalty from gradients (B, *): 0-dim, ``LAMBDA_GP`` weighted."""
     norms = grads.view(grads.size(0), -1).norm(2, dim=1)
     return LAMBDA_GP * ((norms - 1) ** 2).mean()
+
+
+def one_op_interpolate(real: Tensor, fake: Tensor, alpha: Tensor) -> Tensor:
+    """The interpolation as one ATen operator (``lerp``, one autograd node for both inputs)."""
+    return torch.lerp(fake, real, alpha.view(-1, *([1] * (real.dim() - 1))))
+
+
+def one_op_norm(grads: Tensor) -> Tensor:
+    """One norm over all of ``grads``: the penalty's bytes (read g; read g, write dg) in one
+    ATen operator with one autograd node. Not the penalty: a cost floor."""
+    return torch.linalg.vector_norm(grads)
 
 
 def fastgp_interpolate(backend: str) -> Callable[[Tensor, Tensor, Tensor], Tensor]:
@@ -103,6 +120,8 @@ def operation(op: str, provider: str, backend: str) -> Callable:
         return compiled(eager)
     if provider == "fastgp":
         return fastgp_interpolate(backend) if op == "interpolate" else fastgp_penalty(backend)
+    if provider == "one_op":
+        return one_op_interpolate if op == "interpolate" else one_op_norm
     raise ValueError(f"provider must be one of {PROVIDERS}, got {provider!r}")
 
 

@@ -4,7 +4,8 @@ Every row is one (case, provider) measurement. Ratios are computed here, from th
 measured in the same run, never typed in: ``speedup_vs_eager = eager median / median``,
 ``speedup_vs_compile = compile median / median``, ``frac_of_copy = copy median / median``
 (= GB/s / copy GB/s, both counted with the case's bytes), ``peak_vs_eager = peak / eager
-peak``.
+peak``, and ``one_op_speedup_vs_eager = eager median / one_op median`` (the same for every
+row of a case: how far any one-operator implementation can get ahead of eager).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ FIELDS = (
     "sample_shape",
     "elements",
     "dtype",
-    "provider",  # eager | compile | fastgp | copy
+    "provider",  # eager | compile | fastgp | copy | one_op
     "backend",  # the fastgp backend that ran (fastgp rows only)
     "median_ms",
     "p20_ms",
@@ -40,6 +41,7 @@ FIELDS = (
     "frac_of_copy",
     "speedup_vs_eager",
     "speedup_vs_compile",
+    "one_op_speedup_vs_eager",
     "peak_bytes",
     "peak_vs_eager",
     "memory_method",
@@ -74,6 +76,9 @@ def add_ratios(rows: list[dict[str, object]]) -> None:
         row["speedup_vs_compile"] = ratio("compile", "median_ms", row)
         if row["kind"] == "op":
             row["frac_of_copy"] = ratio("copy", "median_ms", row)
+            one_op = by_provider.get("one_op")
+            if one_op is not None:
+                row["one_op_speedup_vs_eager"] = ratio("eager", "median_ms", one_op)
         eager_peak = by_provider.get("eager", {}).get("peak_bytes")
         if row.get("peak_bytes") is not None and eager_peak:
             row["peak_vs_eager"] = float(row["peak_bytes"]) / float(eager_peak)
@@ -146,6 +151,9 @@ def evaluate_targets(rows: Iterable[dict[str, object]]) -> list[dict[str, object
         if values:
             pick = min if target.at_least else max
             worst = pick(values, key=lambda cv: cv[1])
+        bound = {str(r["case"]): r.get("one_op_speedup_vs_eager") for r in checked}
+        for miss in missed:
+            miss["one_op_speedup_vs_eager"] = bound.get(miss["case"])
         results.append(
             {
                 "target": target.text,
@@ -156,6 +164,7 @@ def evaluate_targets(rows: Iterable[dict[str, object]]) -> list[dict[str, object
                 "met": all(ok) if values else None,
                 "worst_case": worst[0] if worst else None,
                 "worst_value": worst[1] if worst else None,
+                "worst_one_op_speedup_vs_eager": bound.get(worst[0]) if worst else None,
                 "missed": missed,
             }
         )
@@ -190,8 +199,8 @@ def markdown_tables(rows: list[dict[str, object]], targets: list[dict[str, objec
     if ops:
         lines += [
             "| op | mode | shape | eager ms | compile ms | fastgp ms | copy ms | fastgp GB/s "
-            "| % of copy | × eager | × compile |",
-            "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+            "| % of copy | × eager | × compile | one op × eager |",
+            "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
         ]
         for case in dict.fromkeys(r["case"] for r in ops):
             by = {r["provider"]: r for r in ops if r["case"] == case}
@@ -207,7 +216,8 @@ def markdown_tables(rows: list[dict[str, object]], targets: list[dict[str, objec
                 + f"| {_fmt(ours.get('gb_per_s'), '.3g')} "
                 f"| {_fmt(None if frac is None else 100 * frac, '.0f')} "
                 f"| {_fmt(ours.get('speedup_vs_eager'), '.2f')} "
-                f"| {_fmt(ours.get('speedup_vs_compile'), '.2f')} |"
+                f"| {_fmt(ours.get('speedup_vs_compile'), '.2f')} "
+                f"| {_fmt(first.get('one_op_speedup_vs_eager'), '.2f')} |"
             )
     steps = [r for r in rows if r["kind"] == "step"]
     if steps:
@@ -235,11 +245,21 @@ def markdown_tables(rows: list[dict[str, object]], targets: list[dict[str, objec
                 + "|"
             )
     if targets:
-        lines += ["", "| issue-4 target | cases met | worst (case) |", "|---|---:|---|"]
+        lines += [
+            "",
+            "| issue-4 target | cases met | worst (case) | one op × eager there |",
+            "|---|---:|---|---:|",
+        ]
         for t in targets:
             status = "not measured" if t["met"] is None else ("met" if t["met"] else "MISSED")
             worst = (
                 "–" if t["worst_value"] is None else f"{t['worst_value']:.2f} ({t['worst_case']})"
             )
-            lines.append(f"| {t['target']} | {t['cases_met']}/{t['cases']} {status} | {worst} |")
+            bound = (
+                t.get("worst_one_op_speedup_vs_eager") if t["field"] == "speedup_vs_eager" else None
+            )
+            lines.append(
+                f"| {t['target']} | {t['cases_met']}/{t['cases']} {status} | {worst} "
+                f"| {_fmt(bound, '.2f')} |"
+            )
     return "\n".join(lines)

@@ -1,11 +1,19 @@
 """Timers: warm up, repeat many times, keep every sample, summarise by median and spread.
 
-CPU: ``time.perf_counter`` around each call (or around a block of calls when one call is
-shorter than ``min_sample_s``, so the clock's overhead stays negligible); the callable
-receives the call index, which providers use to rotate through several input sets. The
-competitors of one case are timed *interleaved* (one sample of each in turn, in a rotating
-order), so a burst of load from other processes on a shared machine hits all of them alike
-instead of skewing whichever happened to run at that moment.
+CPU: ``time.perf_counter`` around a block of back-to-back calls lasting at least
+``min_sample_s`` (1 ms; one call per sample when a call is longer), as
+``torch.utils.benchmark``'s ``blocked_autorange`` does; the callable receives the call
+index, which providers use to rotate through several input sets. The competitors of one
+case are timed *interleaved* (one block of each in turn, in a rotating order), so a burst
+of load from other processes on a shared machine hits all of them alike instead of skewing
+whichever happened to run at that moment.
+
+Why blocks: a sample of a single call, taken right after another provider's call, measures
+a cold call (the other provider's code and data have just evicted this one's from the
+caches and branch predictors). For calls of a few microseconds that costs every provider
+some 20-40 us on this machine, which says nothing about the operation and squeezes every
+ratio towards 1. Blocks measure the steady state of repeated calls, the quantity every
+standard microbenchmark timer reports.
 CUDA: ``triton.testing.do_bench`` (median, it also flushes L2 between calls) when Triton is
 importable, else CUDA events around each call after ``torch.cuda.synchronize``.
 """
@@ -35,7 +43,7 @@ class TimingConfig:
     min_time_s: float = 0.3
     min_repeats: int = 10
     max_repeats: int = 2000
-    min_sample_s: float = 20e-6
+    min_sample_s: float = 1e-3
 
     def __post_init__(self) -> None:
         for name in ("warmup_s", "min_time_s", "min_sample_s"):
@@ -87,6 +95,24 @@ def summarize(samples: list[float], calls_per_sample: int, method: str) -> Timin
     )
 
 
+ESTIMATE_CALLS = 5
+
+
+def estimate_call(fn: Callable[[int], object], calls: int) -> tuple[float, int]:
+    """Seconds per call of warmed-up ``fn``, from ``ESTIMATE_CALLS`` calls timed together
+    (one call alone is at the mercy of a single interruption), and the next call index."""
+    t0 = time.perf_counter()
+    for _ in range(ESTIMATE_CALLS):
+        fn(calls)
+        calls += 1
+    return (time.perf_counter() - t0) / ESTIMATE_CALLS, calls
+
+
+def calls_per_sample(one_call: float, config: TimingConfig) -> int:
+    """Calls per timed block: enough to last ``min_sample_s``, at least one."""
+    return max(1, math.ceil(config.min_sample_s / max(one_call, 1e-9)))
+
+
 def time_cpu(fn: Callable[[int], object], config: TimingConfig) -> Timing:
     """Time ``fn(i)`` (i = call index) on the CPU; see the module docstring."""
     calls = 0
@@ -94,12 +120,8 @@ def time_cpu(fn: Callable[[int], object], config: TimingConfig) -> Timing:
     while calls < config.min_warmup or time.perf_counter() - start < config.warmup_s:
         fn(calls)
         calls += 1
-    # Estimate one call from the warm-up tail, then batch calls below min_sample_s.
-    t0 = time.perf_counter()
-    fn(calls)
-    calls += 1
-    one_call = time.perf_counter() - t0
-    per_sample = max(1, math.ceil(config.min_sample_s / max(one_call, 1e-9)))
+    one_call, calls = estimate_call(fn, calls)
+    per_sample = calls_per_sample(one_call, config)
     samples: list[float] = []
     begin = time.perf_counter()
     while len(samples) < config.max_repeats and (
@@ -125,11 +147,8 @@ def time_cpu_interleaved(
         while calls[name] < config.min_warmup or time.perf_counter() - start < config.warmup_s:
             fn(calls[name])
             calls[name] += 1
-        t0 = time.perf_counter()
-        fn(calls[name])
-        calls[name] += 1
-        one_call = time.perf_counter() - t0
-        per_sample[name] = max(1, math.ceil(config.min_sample_s / max(one_call, 1e-9)))
+        one_call, calls[name] = estimate_call(fn, calls[name])
+        per_sample[name] = calls_per_sample(one_call, config)
     samples: dict[str, list[float]] = {name: [] for name in names}
     rounds = 0
     begin = time.perf_counter()

@@ -27,13 +27,16 @@
 //
 // 64-bit indexing: every size, count and offset is int64_t (see fastgp_kernels.h).
 
+#include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
+#include <ATen/EmptyTensor.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/empty_like.h>
 #include <c10/util/SmallVector.h>
+#include <torch/csrc/autograd/custom_function.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -48,6 +51,7 @@
 #include <vector>
 
 #include "fastgp_kernels.h"
+#include "fastgp_output_cache.h"
 
 #if defined(__linux__)
 #include <sys/mman.h>
@@ -100,8 +104,19 @@ void prefer_huge_pages(const at::Tensor& t) {
 #endif
 }
 
-// An output laid out as at::empty_like(like) (the layout the contract promises).
+// An output laid out as at::empty_like(like) (the layout the contract promises). Large
+// dense outputs come from the output cache (fastgp_output_cache.h): memory whose pages are
+// already resident, where a fresh allocation would fault in and zero every page first.
 at::Tensor new_output_like(const at::Tensor& like) {
+  OutputCache& cache = OutputCache::get();
+  const size_t bytes = static_cast<size_t>(like.numel()) * like.element_size();
+  if (bytes >= OutputCache::kMinCachedBytes && like.is_non_overlapping_and_dense() &&
+      cache.limit_bytes() > 0) {
+    // Dense input: empty_like would copy its strides too.
+    return at::detail::empty_strided_generic(
+        like.sizes(), like.strides(), &cache, c10::DispatchKeySet(c10::DispatchKey::CPU),
+        like.scalar_type());
+  }
   at::Tensor out = at::empty_like(like);
   prefer_huge_pages(out);
   return out;
@@ -515,8 +530,149 @@ std::vector<at::Tensor> penalty_backward_cpu(
   return outs;
 }
 
+// ---------------------------------------------------------------------------------------
+// penalty: penalty_forward with its autograd in C++ (the op the CPU path of
+// fastgp.penalty_from_grads calls). A Python torch.autograd.Function costs tens of
+// microseconds per call between apply(), the context and the engine calling back into
+// Python for backward; for the small batches of a toy critic that is more than the kernels
+// themselves. Here the autograd node is a C++ object and backward never enters Python.
+//
+// Both passes call the inner ops through the dispatcher, not the functions above, so that
+// under torch.compile the fake kernels (fastgp/ops.py) run on fake tensors and the traced
+// graph holds penalty_forward and penalty_backward as opaque ops.
+
+std::tuple<at::Tensor, at::Tensor> dispatch_penalty_forward(
+    at::TensorList grads, double inv_scale, double lambda_gp, double center, bool one_sided,
+    int64_t pac) {
+  static const auto op =
+      c10::Dispatcher::singleton()
+          .findSchemaOrThrow("fastgp::penalty_forward", "")
+          .typed<std::tuple<at::Tensor, at::Tensor>(
+              at::TensorList, double, double, double, bool, int64_t)>();
+  return op.call(grads, inv_scale, lambda_gp, center, one_sided, pac);
+}
+
+std::vector<at::Tensor> dispatch_penalty_backward(
+    const at::Tensor& grad_penalty, at::TensorList grads, const at::Tensor& norms,
+    double inv_scale, double lambda_gp, double center, bool one_sided, int64_t pac) {
+  static const auto op =
+      c10::Dispatcher::singleton()
+          .findSchemaOrThrow("fastgp::penalty_backward", "")
+          .typed<std::vector<at::Tensor>(
+              const at::Tensor&, at::TensorList, const at::Tensor&, double, double, double, bool,
+              int64_t)>();
+  return op.call(grad_penalty, grads, norms, inv_scale, lambda_gp, center, one_sided, pac);
+}
+
+// dP/dg written with differentiable ATen ops (reference.penalty_forward then
+// reference.penalty_backward, line for line), for a backward that is itself being recorded
+// (create_graph=True): the second derivative must see how the per-sample coefficient
+// depends on g, which the fused kernel's output does not carry.
+std::vector<at::Tensor> penalty_backward_differentiable(
+    const at::Tensor& grad_penalty, const std::vector<at::Tensor>& grads, double inv_scale,
+    double lambda_gp, double center, bool one_sided, int64_t pac) {
+  const auto acc = accumulation_type(grads[0].scalar_type());
+  const int64_t rows = grads[0].size(0);
+  const int64_t groups = rows / pac;
+  std::vector<at::Tensor> flat;
+  flat.reserve(grads.size());
+  for (const at::Tensor& g : grads) {
+    flat.push_back(g.to(acc).reshape({groups, -1}));
+  }
+  const at::Tensor joined = flat.size() == 1 ? flat[0] : at::cat(flat, 1);
+  const at::Tensor norms = at::linalg_vector_norm(joined, 2, {1}) * inv_scale;
+  at::Tensor d = norms - center;
+  if (one_sided) {
+    d = d.clamp_min(0);
+  }
+  const at::Tensor positive = norms > 0;
+  const at::Tensor safe = at::where(positive, norms, at::ones_like(norms));
+  at::Tensor coef = at::where(positive, d / safe, at::zeros_like(norms));
+  coef = coef * (grad_penalty * (2.0 * lambda_gp * inv_scale * inv_scale /
+                                 static_cast<double>(groups)));
+  if (pac > 1) {
+    coef = coef.repeat_interleave(pac);
+  }
+  std::vector<at::Tensor> out;
+  out.reserve(grads.size());
+  for (const at::Tensor& g : grads) {
+    std::vector<int64_t> shape(static_cast<size_t>(g.dim()), 1);
+    shape[0] = rows;
+    out.push_back((coef.reshape(shape) * g.to(acc)).to(g.scalar_type()));
+  }
+  return out;
+}
+
+class PenaltyFunction : public torch::autograd::Function<PenaltyFunction> {
+ public:
+  static torch::autograd::variable_list forward(
+      torch::autograd::AutogradContext* ctx, at::TensorList grads, double inv_scale,
+      double lambda_gp, double center, bool one_sided, int64_t pac) {
+    auto [penalty, norms] =
+        dispatch_penalty_forward(grads, inv_scale, lambda_gp, center, one_sided, pac);
+    std::vector<at::Tensor> saved(grads.begin(), grads.end());
+    saved.push_back(norms);
+    ctx->save_for_backward(saved);
+    ctx->saved_data["inv_scale"] = inv_scale;
+    ctx->saved_data["lambda_gp"] = lambda_gp;
+    ctx->saved_data["center"] = center;
+    ctx->saved_data["one_sided"] = one_sided;
+    ctx->saved_data["pac"] = pac;
+    // The norms are for logging: they carry no gradient.
+    ctx->mark_non_differentiable({norms});
+    return {penalty, norms};
+  }
+
+  static torch::autograd::variable_list backward(
+      torch::autograd::AutogradContext* ctx, torch::autograd::variable_list grad_outputs) {
+    std::vector<at::Tensor> grads = ctx->get_saved_variables();
+    const at::Tensor norms = grads.back();
+    grads.pop_back();
+    const double inv_scale = ctx->saved_data["inv_scale"].toDouble();
+    const double lambda_gp = ctx->saved_data["lambda_gp"].toDouble();
+    const double center = ctx->saved_data["center"].toDouble();
+    const bool one_sided = ctx->saved_data["one_sided"].toBool();
+    const int64_t pac = ctx->saved_data["pac"].toInt();
+    const at::Tensor& grad_penalty = grad_outputs[0];
+    std::vector<at::Tensor> out =
+        at::GradMode::is_enabled()
+            ? penalty_backward_differentiable(
+                  grad_penalty, grads, inv_scale, lambda_gp, center, one_sided, pac)
+            : dispatch_penalty_backward(
+                  grad_penalty, grads, norms, inv_scale, lambda_gp, center, one_sided, pac);
+    // No gradient for inv_scale, lambda_gp, center, one_sided, pac.
+    out.resize(out.size() + 5);
+    return out;
+  }
+};
+
+std::tuple<at::Tensor, at::Tensor> penalty_autograd(
+    at::TensorList grads, double inv_scale, double lambda_gp, double center, bool one_sided,
+    int64_t pac) {
+  torch::autograd::variable_list out =
+      PenaltyFunction::apply(grads, inv_scale, lambda_gp, center, one_sided, pac);
+  return std::make_tuple(std::move(out[0]), std::move(out[1]));
+}
+
 bool debug_poison() {
   return kPoison;
+}
+
+int64_t output_cache_bytes() {
+  return OutputCache::get().cached_bytes();
+}
+
+int64_t output_cache_limit() {
+  return OutputCache::get().limit_bytes();
+}
+
+void set_output_cache_limit(int64_t bytes) {
+  TORCH_CHECK(bytes >= 0, "fastgp: the output cache limit must be >= 0 bytes, got ", bytes);
+  OutputCache::get().set_limit(static_cast<size_t>(bytes));
+}
+
+void empty_output_cache() {
+  OutputCache::get().empty();
 }
 
 }  // namespace
@@ -527,9 +683,19 @@ TORCH_LIBRARY_IMPL(fastgp, CPU, m) {
   m.impl("interpolate_backward", &fastgp::interpolate_backward_cpu);
   m.impl("penalty_forward", &fastgp::penalty_forward_cpu);
   m.impl("penalty_backward", &fastgp::penalty_backward_cpu);
+  // Below autograd (inference mode, or called from PenaltyFunction's own redispatch).
+  m.impl("penalty", &fastgp::penalty_forward_cpu);
+}
+
+TORCH_LIBRARY_IMPL(fastgp, AutogradCPU, m) {
+  m.impl("penalty", &fastgp::penalty_autograd);
 }
 
 // Introspection of the loaded build, separate from the public `fastgp` namespace.
 TORCH_LIBRARY(fastgp_cpp, m) {
   m.def("debug_poison() -> bool", &fastgp::debug_poison);
+  m.def("output_cache_bytes() -> int", &fastgp::output_cache_bytes);
+  m.def("output_cache_limit() -> int", &fastgp::output_cache_limit);
+  m.def("set_output_cache_limit(int bytes) -> ()", &fastgp::set_output_cache_limit);
+  m.def("empty_output_cache() -> ()", &fastgp::empty_output_cache);
 }

@@ -1,5 +1,9 @@
 """The autograd Functions around the fused kernels.
 
+The C++ backend's penalty does not use ``PenaltyFromGradsFunction``: its autograd node is
+written in C++ (``fastgp::penalty`` in ``csrc/fastgp_ops.cpp``, same two rules as here), so
+that its backward never enters Python. Triton and the interpolation use the Functions below.
+
 Forward and first-order backward run one fused kernel each. When a backward itself is
 being recorded (``create_graph=True``, i.e. grad mode is on inside ``backward``), the
 backward is computed with the differentiable reference formula instead, so higher-order

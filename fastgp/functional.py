@@ -58,6 +58,8 @@ def interpolate_with(backend: str, real: Tensor, fake: Tensor, alpha: Tensor) ->
         return reference.interpolate(real, fake, alpha)
     if torch.is_grad_enabled() and (real.requires_grad or fake.requires_grad):
         return InterpolateFunction.apply(backend, alpha, real, fake)
+    if backend == "cpp":  # loaded: resolve_backend checked it
+        return torch.ops.fastgp.interpolate.default(real, fake, alpha)
     return kernels(backend, real.device.type).interpolate(real, fake, alpha)
 
 
@@ -116,7 +118,12 @@ def penalty_with(
     return_norms: bool,
 ) -> Tensor | tuple[Tensor, Tensor]:
     """``penalty_from_grads`` on checked arguments and a resolved backend."""
-    if backend == "torch":
+    if backend == "cpp":
+        # Autograd in C++ (csrc/fastgp_ops.cpp): no Python on the backward path.
+        penalty, norms = torch.ops.fastgp.penalty.default(
+            grads, inv_scale, lambda_gp, center, one_sided, pac
+        )
+    elif backend == "torch":
         penalty, norms = reference.penalty_forward(
             list(grads), inv_scale, lambda_gp, center, one_sided, pac
         )

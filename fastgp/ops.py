@@ -24,6 +24,12 @@ _lib.define(
     "penalty_forward(Tensor[] grads, float inv_scale, float lambda_gp, float center,"
     " bool one_sided, int pac) -> (Tensor, Tensor)"
 )
+# penalty_forward with its autograd node in C++ (CPU only: csrc/fastgp_ops.cpp registers
+# its CPU and AutogradCPU kernels); penalty_from_grads calls it for the cpp backend.
+_lib.define(
+    "penalty(Tensor[] grads, float inv_scale, float lambda_gp, float center,"
+    " bool one_sided, int pac) -> (Tensor, Tensor)"
+)
 _lib.define(
     "penalty_backward(Tensor grad_penalty, Tensor[] grads, Tensor norms, float inv_scale,"
     " float lambda_gp, float center, bool one_sided, int pac) -> Tensor[]"
@@ -42,6 +48,7 @@ def _interpolate_backward_fake(
     return [torch.empty_like(grad_out) for _ in range(int(need_real) + int(need_fake))]
 
 
+@torch.library.register_fake("fastgp::penalty")
 @torch.library.register_fake("fastgp::penalty_forward")
 def _penalty_forward_fake(
     grads: list[Tensor],

@@ -31,6 +31,10 @@ def check_batch(tensors: tuple[Tensor, ...], name: str) -> int:
     """Every tensor is floating point, (B, *) with B > 0 and a non-empty sample, same B,
     dtype and device as the first. Returns B."""
     first = tensors[0]
+    # The common case in as few tensor attribute reads as possible (this runs on every
+    # call; the full walk below is what names a problem).
+    if len(tensors) == 1 and first.dim() and first.numel() and first.is_floating_point():
+        return first.shape[0]
     for i, t in enumerate(tensors):
         label = _label(name, i, len(tensors))
         if not t.is_floating_point():
@@ -62,6 +66,10 @@ def check_pair(reals: tuple[Tensor, ...], fakes: tuple[Tensor, ...]) -> int:
     if len(reals) != len(fakes):
         raise ValueError(f"`real` has {len(reals)} tensors but `fake` has {len(fakes)}")
     b = check_batch(reals, "real")
+    if len(reals) == 1:  # fast path; real is floating point, so equal dtypes suffice
+        r, f = reals[0], fakes[0]
+        if r.shape == f.shape and r.dtype == f.dtype and r.device == f.device:
+            return b
     for i, (r, f) in enumerate(zip(reals, fakes, strict=False)):
         rl, fl = _label("real", i, len(reals)), _label("fake", i, len(reals))
         if not f.is_floating_point():
@@ -93,6 +101,8 @@ def check_pac(pac: int, batch: int) -> int:
 
 def check_number(value: float, name: str) -> float:
     """A finite real number (Python, numpy or 0-dim tensor) as a float."""
+    if type(value) is float and -math.inf < value < math.inf:
+        return value
     if isinstance(value, bool) or not isinstance(value, (numbers.Real, Tensor)):
         raise TypeError(f"`{name}` must be a real number, got {type(value).__name__}")
     if isinstance(value, Tensor) and value.numel() != 1:
@@ -142,6 +152,14 @@ def per_sample_alpha(
     (B // pac,) / (B // pac, 1, ..., 1), one value per group as in CTGAN.
     """
     groups = batch // pac
+    if (
+        isinstance(alpha, Tensor)
+        and alpha.dtype == dtype
+        and alpha.shape == (batch,)
+        and alpha.device == like.device
+        and alpha.is_contiguous()
+    ):
+        return alpha  # already what the kernels take
     if alpha is None:
         where = generator.device if generator is not None else like.device
         alpha = torch.rand(groups, generator=generator, device=where, dtype=dtype).to(like.device)

@@ -14,7 +14,7 @@ from benchmarks.timing import quantile, summarize
 
 @pytest.fixture(scope="module")
 def smoke_run(tmp_path_factory):
-    """One in-process run: norm+penalty fwd+bwd on two tiny sizes, all four providers, and
+    """One in-process run: norm+penalty fwd+bwd on two tiny sizes, all five providers, and
     the smallest MLP critic step; returns (output dir, parsed JSON, CSV rows)."""
     out = tmp_path_factory.mktemp("bench")
     argv = [
@@ -54,8 +54,8 @@ def test_json_and_csv_schema(smoke_run):
     _, _, payload, csv_rows = smoke_run
     assert set(payload) == {"machine", "config", "rows", "targets"}
     rows = payload["rows"]
-    # 2 sizes x 4 providers, plus 3 providers of one critic step.
-    assert len(rows) == 2 * 4 + 3
+    # 2 sizes x 5 providers, plus 3 providers of one critic step.
+    assert len(rows) == 2 * 5 + 3
     assert len(csv_rows) == len(rows)
     assert list(csv_rows[0])[-len(report.FIELDS) :] == list(report.FIELDS)
     for row, line in zip(rows, csv_rows, strict=True):
@@ -65,7 +65,7 @@ def test_json_and_csv_schema(smoke_run):
         assert 0 < row["p20_ms"] <= row["median_ms"] <= row["p80_ms"]
         assert row["repeats"] >= 2
     ops = [r for r in rows if r["kind"] == "op"]
-    assert {r["provider"] for r in ops} == {"eager", "compile", "fastgp", "copy"}
+    assert {r["provider"] for r in ops} == {"eager", "compile", "fastgp", "copy", "one_op"}
     steps = [r for r in rows if r["kind"] == "step"]
     assert {r["provider"] for r in steps} == {"eager", "compile", "fastgp"}
     assert all(r["peak_bytes"] > 0 and r["memory_method"] for r in steps)
@@ -86,6 +86,9 @@ def test_ratios_are_quotients_of_the_measured_medians(smoke_run):
             if row["kind"] == "op":
                 assert row["frac_of_copy"] == pytest.approx(by["copy"]["median_ms"] / median)
                 assert row["gb_per_s"] == pytest.approx(row["bytes"] / (median * 1e-3) / 1e9)
+                assert row["one_op_speedup_vs_eager"] == pytest.approx(
+                    by["eager"]["median_ms"] / by["one_op"]["median_ms"]
+                )
             else:
                 assert row["peak_vs_eager"] == pytest.approx(
                     row["peak_bytes"] / by["eager"]["peak_bytes"]
@@ -130,19 +133,24 @@ def test_add_ratios_and_missing_targets():
     rows = [
         {"kind": "op", "op": "penalty", "mode": "fwdbwd", "case": "c", "elements": 10,
          "provider": p, "median_ms": m, "bytes": 1000}
-        for p, m in (("eager", 6.0), ("compile", 3.0), ("fastgp", 2.0), ("copy", 1.0))
+        for p, m in (
+            ("eager", 6.0), ("compile", 3.0), ("fastgp", 2.0), ("copy", 1.0), ("one_op", 1.5)
+        )
     ]  # fmt: skip
     report.add_ratios(rows)
     ours = rows[2]
     assert (ours["speedup_vs_eager"], ours["speedup_vs_compile"]) == (3.0, 1.5)
     assert ours["frac_of_copy"] == 0.5
     assert ours["gb_per_s"] == pytest.approx(1000 / 2e-3 / 1e9)
+    assert all(r["one_op_speedup_vs_eager"] == 4.0 for r in rows)
     targets = {t["target"]: t for t in report.evaluate_targets(rows)}
     assert targets["norm+penalty fwd+bwd <= 1M elements: >= 3x eager"]["met"] is True
     assert targets["norm+penalty fwd+bwd <= 1M elements: >= 1.5x torch.compile"]["met"] is True
     rows[2]["speedup_vs_eager"] = 2.5
     missed = report.evaluate_targets(rows)[0]
-    assert missed["met"] is False and missed["missed"] == [{"case": "c", "value": 2.5}]
+    assert missed["met"] is False
+    assert missed["missed"] == [{"case": "c", "value": 2.5, "one_op_speedup_vs_eager": 4.0}]
+    assert missed["worst_one_op_speedup_vs_eager"] == 4.0
 
 
 def test_bad_sizes_are_rejected_with_the_option_name():

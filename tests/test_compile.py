@@ -30,9 +30,16 @@ OPS = torch.ops.fastgp
 
 @pytest.fixture(autouse=True)
 def _fresh_dynamo():
-    """Each test compiles from scratch and leaves no compiled code behind."""
+    """Each test compiles from scratch and leaves no compiled code behind.
+
+    The on-disk FX-graph and AOT-autograd caches are off: a hit from an earlier run skips
+    the compiler, and the graphs these tests inspect would never be recorded."""
     torch._dynamo.reset()
-    yield
+    with (
+        torch._inductor.config.patch(fx_graph_cache=False),
+        torch._functorch.config.patch(enable_autograd_cache=False),
+    ):
+        yield
     torch._dynamo.reset()
 
 
@@ -216,6 +223,37 @@ def test_opcheck_autograd_registration(sample: tuple[object, tuple]) -> None:
     themselves require grad), so the operators are the opaque primitives autograd.py wraps."""
     op, args = sample
     torch.library.opcheck(op, args, test_utils=("test_autograd_registration",))
+
+
+def test_opcheck_penalty_with_autograd() -> None:
+    """``fastgp::penalty`` carries its own autograd (a C++ node), so every opcheck utility
+    applies, including AOT dispatch through its backward."""
+    real = _randn(4, 3, 5, 6, seed=15).to(memory_format=torch.channels_last).requires_grad_()
+    other = _randn(4, 7, seed=16).requires_grad_()
+    for one_sided in (False, True):
+        torch.library.opcheck(OPS.penalty.default, ([real, other], 0.5, 10.0, 1.0, one_sided, 2))
+
+
+def test_cpp_penalty_backward_is_a_cpp_node() -> None:
+    """The CPU path records a C++ autograd node (no Python on the backward path) whose
+    gradient equals the reference's, and whose norms output carries no gradient."""
+    g = _randn(6, 5, seed=17, dtype=torch.float64).requires_grad_()
+    penalty, norms = fastgp.penalty_from_grads(g, pac=2, return_norms=True, backend="cpp")
+    assert "CppNode" in penalty.grad_fn.name() and "PenaltyFunction" in penalty.grad_fn.name()
+    assert not norms.requires_grad
+    (grad,) = torch.autograd.grad(penalty, g)
+    expected = fastgp.penalty_from_grads(g, pac=2, backend="torch")
+    (expected_grad,) = torch.autograd.grad(expected, g)
+    torch.testing.assert_close(penalty, expected, rtol=0, atol=1e-14)
+    torch.testing.assert_close(grad, expected_grad, rtol=0, atol=1e-14)
+
+
+def test_cpp_penalty_in_inference_mode() -> None:
+    """Below autograd (inference mode) the op runs its CPU kernel directly."""
+    g = _randn(4, 9, seed=18)
+    with torch.inference_mode():
+        penalty = fastgp.penalty_from_grads(g, backend="cpp")
+    torch.testing.assert_close(penalty, fastgp.penalty_from_grads(g, backend="torch"))
 
 
 def _layouts(dtype: torch.dtype) -> dict[str, Tensor]:

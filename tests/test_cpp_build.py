@@ -144,7 +144,8 @@ def test_compile_error_is_reported_with_the_compiler_output(tmp_path, monkeypatc
     sources = tmp_path / "csrc"
     sources.mkdir()
     (sources / "fastgp_ops.cpp").write_text("#error fastgp deliberately broken source\n")
-    (sources / "fastgp_kernels.h").write_text("")
+    for header in cpp.SOURCES[1:]:
+        (sources / header).write_text("")
     monkeypatch.setenv("FASTGP_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.setattr(cpp, "csrc_dir", lambda: sources)
     monkeypatch.setattr(cpp, "_loaded", None)

@@ -26,8 +26,9 @@ KERNEL_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 
 __all__ = ["BACKENDS", "BackendUnavailable", "resolve_backend", "unavailable_reason"]
 
-# (requested, device type, dtype) -> resolved backend name; filled on first use.
-_resolved: dict[tuple[str, str, torch.dtype], str] = {}
+# (requested, device, dtype) -> resolved backend name; filled on first use. Keyed by the
+# device itself: reading ``device.type`` on every call costs more than the lookup.
+_resolved: dict[tuple[str, torch.device, torch.dtype], str] = {}
 _warned: set[str] = set()
 
 
@@ -62,7 +63,7 @@ def unavailable_reason(name: str, device: torch.device, dtype: torch.dtype) -> s
 @torch.compiler.assume_constant_result
 def resolve_backend(backend: str, device: torch.device, dtype: torch.dtype) -> str:
     """The backend that will run a call on tensors of this device and dtype."""
-    key = (backend, device.type, dtype)
+    key = (backend, device, dtype)
     name = _resolved.get(key)
     if name is not None:
         return name

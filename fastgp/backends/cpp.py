@@ -29,15 +29,18 @@ from fastgp.backends.errors import BackendUnavailable
 __all__ = [
     "availability",
     "build_info",
+    "empty_output_cache",
     "interpolate",
     "interpolate_backward",
     "load",
+    "output_cache_info",
     "penalty_backward",
     "penalty_forward",
+    "set_output_cache_limit",
 ]
 
 EXTENSION_NAME = "fastgp_cpp_ops"
-SOURCES = ("fastgp_ops.cpp", "fastgp_kernels.h")
+SOURCES = ("fastgp_ops.cpp", "fastgp_kernels.h", "fastgp_output_cache.h")
 # -O3 with the baseline ISA of the target (no -march=native: a cached build may be shared
 # by machines of one architecture). -ffp-contract=off keeps `a * x + b * y` as two rounded
 # products and a sum, as eager PyTorch computes it. -fopenmp makes at::parallel_for use
@@ -197,6 +200,7 @@ def load() -> dict[str, str]:
         "status": "built" if fresh else "cached",
         "seconds": f"{seconds:.2f}",
         "debug_poison": str(bool(torch.ops.fastgp_cpp.debug_poison())),
+        "output_cache_limit_mb": str(int(torch.ops.fastgp_cpp.output_cache_limit()) >> 20),
     }
     return _loaded
 
@@ -217,6 +221,32 @@ def build_info() -> dict[str, str]:
             _failure or "fastgp's C++ extension is not loaded yet; call fastgp.backends.cpp.load()"
         )
     return dict(_loaded)
+
+
+def output_cache_info() -> dict[str, int]:
+    """The C++ kernels' cache of large output buffers (``csrc/fastgp_output_cache.h``):
+    ``cached_bytes`` (free buffers held now) and ``limit_bytes`` (0: cache off). Set the
+    limit with ``$FASTGP_CPU_CACHE_MB`` before the extension loads (default 1024), or with
+    ``set_output_cache_limit``."""
+    load()
+    ops = torch.ops.fastgp_cpp
+    return {
+        "cached_bytes": int(ops.output_cache_bytes()),
+        "limit_bytes": int(ops.output_cache_limit()),
+    }
+
+
+def set_output_cache_limit(limit_bytes: int) -> None:
+    """Hold at most ``limit_bytes`` of free output buffers (0 turns the cache off); buffers
+    above the new limit are returned to the system at once."""
+    load()
+    torch.ops.fastgp_cpp.set_output_cache_limit(int(limit_bytes))
+
+
+def empty_output_cache() -> None:
+    """Return every free output buffer to the system (buffers of live tensors are kept)."""
+    load()
+    torch.ops.fastgp_cpp.empty_output_cache()
 
 
 def interpolate(real: Tensor, fake: Tensor, alpha: Tensor) -> Tensor:
