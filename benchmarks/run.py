@@ -30,8 +30,10 @@ DTYPES = {
 }
 OP_TIMING = TimingConfig(warmup_s=0.05, min_time_s=0.15, min_repeats=10)
 OP_TIMING_QUICK = TimingConfig(warmup_s=0.0, min_warmup=2, min_time_s=0.01, min_repeats=3)
-# A DCGAN 64x64 step takes seconds on 2 cores: few samples, interleaved across providers.
-STEP_TIMING = TimingConfig(warmup_s=0.0, min_warmup=1, min_time_s=0.0, min_repeats=3)
+# A DCGAN 64x64 step takes about a second on 2 cores: at least 3 samples, interleaved across
+# providers, and at least 1 s per provider so that short steps (the MLP's ~20 ms) get
+# dozens of samples: their medians differ by less than the spread of three.
+STEP_TIMING = TimingConfig(warmup_s=0.0, min_warmup=1, min_time_s=1.0, min_repeats=3)
 STEP_TIMING_QUICK = TimingConfig(warmup_s=0.0, min_warmup=1, min_time_s=0.0, min_repeats=2)
 
 

@@ -30,6 +30,17 @@ namespace fastgp {
 template <typename T, typename Acc>
 inline Acc sum_of_squares(const T* __restrict x, int64_t n) {
   constexpr int64_t kLanes = 128 / static_cast<int64_t>(sizeof(Acc));
+  if (n < kLanes) {
+    // Short rows (a 2-D toy sample, a small tail chunk): the lane setup and the tree below
+    // would cost more than the row. The result is bitwise the one the general path gives
+    // for such n (all lanes stay 0, so it returns 0 + the in-order tail).
+    Acc tail = 0;
+    for (int64_t i = 0; i < n; ++i) {
+      const Acc v = static_cast<Acc>(x[i]);
+      tail += v * v;
+    }
+    return tail;
+  }
   Acc lanes[kLanes] = {};
   int64_t i = 0;
   for (; i + kLanes <= n; i += kLanes) {
