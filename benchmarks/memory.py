@@ -58,10 +58,10 @@ def peak_bytes(fn: Callable[[], object], device: torch.device, repeats: int = 3)
     created on first use, tensors of an earlier call freed late); the steady-state step is
     the quantity compared between providers, and the smallest peak is its best estimate.
     """
-    measure = peak_bytes_cuda if device.type == "cuda" else lambda f, _: peak_bytes_cpu(f)
+    cuda = device.type == "cuda"
     peaks = []
     for _ in range(max(1, repeats)):
         gc.collect()
-        peaks.append(measure(fn, device))
-    method = CUDA_METHOD if device.type == "cuda" else CPU_METHOD
+        peaks.append(peak_bytes_cuda(fn, device) if cuda else peak_bytes_cpu(fn))
+    method = CUDA_METHOD if cuda else CPU_METHOD
     return min(peaks), f"{method}; smallest of {len(peaks)} calls"

@@ -25,7 +25,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <cstdlib>
-#include <cstring>
+#include <iterator>
 #include <mutex>
 #include <new>
 #include <unordered_map>

@@ -31,10 +31,12 @@ class Kernels(NamedTuple):
     penalty_backward: Callable
 
 
-_kernels: dict[tuple[str, str], Kernels] = {}
+# Keyed by the device itself, like resolve_backend's cache: ``device.type`` costs more than
+# the lookup on this hot path.
+_kernels: dict[tuple[str, torch.device], Kernels] = {}
 
 
-def kernels(backend: str, device_type: str) -> Kernels:
+def kernels(backend: str, device: torch.device) -> Kernels:
     """Kernels for a resolved backend name; dispatcher ops where the dispatcher has them.
 
     ``cpp`` (CPU) and ``triton`` on CUDA go through ``torch.ops.fastgp`` (opaque to
@@ -44,8 +46,8 @@ def kernels(backend: str, device_type: str) -> Kernels:
     if torch.compiler.is_compiling():
         # No cache while tracing: dynamo would guard on "key not in _kernels" and
         # recompile once the first compiled call has filled the cache.
-        return _make_kernels(backend, device_type)
-    key = (backend, device_type)
+        return _make_kernels(backend, device.type)
+    key = (backend, device)
     found = _kernels.get(key)
     if found is None:
         if backend == "cpp":
@@ -54,7 +56,7 @@ def kernels(backend: str, device_type: str) -> Kernels:
             from fastgp.backends import cpp
 
             cpp.load()
-        found = _kernels[key] = _make_kernels(backend, device_type)
+        found = _kernels[key] = _make_kernels(backend, device.type)
     return found
 
 
@@ -85,7 +87,7 @@ class InterpolateFunction(torch.autograd.Function):
     def forward(ctx, backend: str, alpha: Tensor, real: Tensor, fake: Tensor) -> Tensor:
         ctx.backend = backend
         ctx.save_for_backward(alpha)
-        return kernels(backend, real.device.type).interpolate(real, fake, alpha)
+        return kernels(backend, real.device).interpolate(real, fake, alpha)
 
     @staticmethod
     def backward(ctx, grad_out: Tensor):
@@ -94,7 +96,7 @@ class InterpolateFunction(torch.autograd.Function):
         if torch.is_grad_enabled():
             grads = reference.interpolate_backward(grad_out, alpha, need_real, need_fake)
         else:
-            k = kernels(ctx.backend, grad_out.device.type)
+            k = kernels(ctx.backend, grad_out.device)
             grads = k.interpolate_backward(grad_out, alpha, need_real, need_fake)
         grads = list(grads)
         grad_real = grads.pop(0) if need_real else None
@@ -119,7 +121,7 @@ class PenaltyFromGradsFunction(torch.autograd.Function):
         pac: int,
         *grads: Tensor,
     ) -> tuple[Tensor, Tensor]:
-        k = kernels(backend, grads[0].device.type)
+        k = kernels(backend, grads[0].device)
         penalty, norms = k.penalty_forward(
             list(grads), inv_scale, lambda_gp, center, one_sided, pac
         )
@@ -143,7 +145,7 @@ class PenaltyFromGradsFunction(torch.autograd.Function):
                 grad_penalty, grads, norms, inv_scale, lambda_gp, center, one_sided, pac
             )
         else:
-            dgrads = kernels(ctx.backend, norms.device.type).penalty_backward(
+            dgrads = kernels(ctx.backend, norms.device).penalty_backward(
                 grad_penalty, grads, norms, inv_scale, lambda_gp, center, one_sided, pac
             )
         return (None,) * 6 + tuple(dgrads)

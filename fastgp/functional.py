@@ -58,9 +58,7 @@ def interpolate_with(backend: str, real: Tensor, fake: Tensor, alpha: Tensor) ->
         return reference.interpolate(real, fake, alpha)
     if torch.is_grad_enabled() and (real.requires_grad or fake.requires_grad):
         return InterpolateFunction.apply(backend, alpha, real, fake)
-    if backend == "cpp":  # loaded: resolve_backend checked it
-        return torch.ops.fastgp.interpolate.default(real, fake, alpha)
-    return kernels(backend, real.device.type).interpolate(real, fake, alpha)
+    return kernels(backend, real.device).interpolate(real, fake, alpha)
 
 
 def penalty_from_grads(

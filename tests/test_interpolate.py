@@ -87,7 +87,7 @@ def test_output_layout_is_empty_like_real(backend, layout):
 def test_backward_kernel_output_layout(backend, layout):
     """Both input gradients are laid out as empty_like(grad_out) (the op contract)."""
     grad_out = make_input((3, 4, 5, 6), seed=1, layout=layout)
-    k = fastgp_autograd.kernels(backend, "cpu")
+    k = fastgp_autograd.kernels(backend, torch.device("cpu"))
     grads = k.interpolate_backward(grad_out, _alpha(3, torch.float32), True, True)
     assert len(grads) == 2
     for g in grads:
@@ -165,8 +165,8 @@ def test_backward_is_one_fused_call(kernel_backend, monkeypatch):
     calls = []
     original = fastgp_autograd.kernels
 
-    def counting(backend, device_type):
-        k = original(backend, device_type)
+    def counting(backend, device):
+        k = original(backend, device)
 
         def interpolate_backward(grad_out, alpha, need_real, need_fake):
             calls.append((need_real, need_fake))

@@ -142,7 +142,7 @@ def test_options_match_reference(backend, options):
 def test_backward_kernel_output_layout(backend, layout):
     """dP/dg is laid out as empty_like(g) (the op contract), for every input layout."""
     g = make_input((3, 4, 5, 6), seed=1, layout=layout)
-    k = fastgp_autograd.kernels(backend, "cpu")
+    k = fastgp_autograd.kernels(backend, torch.device("cpu"))
     _, norms = k.penalty_forward([g], 1.0, 10.0, 1.0, False, 1)
     (dgrad,) = k.penalty_backward(torch.tensor(1.0), [g], norms, 1.0, 10.0, 1.0, False, 1)
     assert_layout_of_empty_like(dgrad, g, what="dP/dg")
