@@ -1,9 +1,9 @@
-// CPU kernels for the torch.ops.fastgp operators (schemas defined in fastgp/ops.py).
+// CPU kernels for the torch.ops.fastgp operators (schemas defined in fastgp/ops/library.py).
 //
 // The semantics of each op are those of fastgp/backends/reference.py (the contract and the
-// test oracle). This file validates arguments, arranges memory so that every kernel reads
-// and writes plain contiguous runs, and spreads the work over threads with
-// at::parallel_for; the inner loops live in fastgp_kernels.h.
+// test oracle). This file validates arguments (fastgp_checks.h), arranges memory so that
+// every kernel reads and writes plain contiguous runs, and spreads the work over threads
+// with at::parallel_for; the inner loops live in fastgp_kernels.h.
 //
 // Layout. A tensor (B, *) is "row-dense" when each sample's D = numel / B elements form one
 // contiguous run and samples follow each other (contiguous, channels_last, or any other
@@ -50,6 +50,7 @@
 #include <utility>
 #include <vector>
 
+#include "fastgp_checks.h"
 #include "fastgp_kernels.h"
 #include "fastgp_output_cache.h"
 
@@ -120,47 +121,6 @@ at::Tensor new_output_like(const at::Tensor& like) {
   at::Tensor out = at::empty_like(like);
   prefer_huge_pages(out);
   return out;
-}
-
-c10::ScalarType accumulation_type(c10::ScalarType dtype) {
-  return dtype == at::kDouble ? at::kDouble : at::kFloat;
-}
-
-void check_float_cpu(const at::Tensor& t, const char* name) {
-  TORCH_CHECK(t.defined(), "fastgp: `", name, "` is an undefined tensor");
-  TORCH_CHECK(
-      t.device().is_cpu(), "fastgp: `", name,
-      "` must be a CPU tensor for the C++ kernels, got a tensor on ", t.device());
-  const auto dtype = t.scalar_type();
-  TORCH_CHECK(
-      dtype == at::kFloat || dtype == at::kDouble || dtype == at::kHalf ||
-          dtype == at::kBFloat16,
-      "fastgp: `", name, "` must be float32, float64, float16 or bfloat16, got ", dtype);
-}
-
-// (B, *) with B >= 1 and at least one element per sample.
-void check_batch(const at::Tensor& t, const char* name) {
-  check_float_cpu(t, name);
-  TORCH_CHECK(
-      t.dim() >= 1, "fastgp: `", name, "` must have a batch dimension (B, *), got a 0-dim tensor");
-  TORCH_CHECK(
-      t.size(0) >= 1 && t.numel() >= 1, "fastgp: `", name,
-      "` must be non-empty with B >= 1, got shape ", t.sizes());
-}
-
-// alpha: (B,) in the accumulation dtype of `like`.
-void check_alpha(const at::Tensor& alpha, const at::Tensor& like, const char* like_name) {
-  TORCH_CHECK(alpha.defined(), "fastgp: `alpha` is an undefined tensor");
-  TORCH_CHECK(
-      alpha.device().is_cpu(), "fastgp: `alpha` must be a CPU tensor, got a tensor on ",
-      alpha.device());
-  TORCH_CHECK(
-      alpha.dim() == 1 && alpha.size(0) == like.size(0), "fastgp: `alpha` must have shape (B,) = (",
-      like.size(0), ",) to match `", like_name, "`, got ", alpha.sizes());
-  const auto acc = accumulation_type(like.scalar_type());
-  TORCH_CHECK(
-      alpha.scalar_type() == acc, "fastgp: `alpha` must be ", acc, " for ", like.scalar_type(),
-      " `", like_name, "` (the accumulation dtype), got ", alpha.scalar_type());
 }
 
 // True when each sample's elements are one contiguous run and samples are back to back
@@ -252,15 +212,7 @@ void parallel_row_segments(int64_t rows, int64_t row_length, const F& f) {
 // against 4-5 passes for eager PyTorch (two casts, two products and a sum, each a tensor).
 // Derivatives (interpolate_backward): d x_hat / d real = alpha, d x_hat / d fake = 1 - alpha.
 at::Tensor interpolate_cpu(const at::Tensor& real, const at::Tensor& fake, const at::Tensor& alpha) {
-  check_batch(real, "real");
-  check_float_cpu(fake, "fake");
-  TORCH_CHECK(
-      fake.sizes() == real.sizes(), "fastgp: `fake` must have the shape of `real` ", real.sizes(),
-      ", got ", fake.sizes());
-  TORCH_CHECK(
-      fake.scalar_type() == real.scalar_type(), "fastgp: `fake` must have the dtype of `real` (",
-      real.scalar_type(), "), got ", fake.scalar_type());
-  check_alpha(alpha, real, "real");
+  check_interpolate(real, fake, alpha);
 
   at::Tensor out = new_output_like(real);
   at::Tensor work = work_buffer(out);
@@ -292,8 +244,7 @@ at::Tensor interpolate_cpu(const at::Tensor& real, const at::Tensor& fake, const
 // read of grad_out serves both outputs.
 std::vector<at::Tensor> interpolate_backward_cpu(
     const at::Tensor& grad_out, const at::Tensor& alpha, bool need_real, bool need_fake) {
-  check_batch(grad_out, "grad_out");
-  check_alpha(alpha, grad_out, "grad_out");
+  check_interpolate_backward(grad_out, alpha);
   std::vector<at::Tensor> outs;
   if (!need_real && !need_fake) {
     return outs;
@@ -345,26 +296,6 @@ std::vector<at::Tensor> interpolate_backward_cpu(
   return outs;
 }
 
-// Checks shared by the penalty forward and backward: same B, dtype and device, B % pac == 0.
-void check_grads(at::TensorList grads, int64_t pac) {
-  TORCH_CHECK(!grads.empty(), "fastgp: `grads` must hold at least one tensor");
-  for (size_t k = 0; k < grads.size(); ++k) {
-    const std::string name = "grads[" + std::to_string(k) + "]";
-    check_batch(grads[k], name.c_str());
-    TORCH_CHECK(
-        grads[k].size(0) == grads[0].size(0), "fastgp: `", name, "` has batch size ",
-        grads[k].size(0), " but `grads[0]` has ", grads[0].size(0),
-        "; every gradient needs the same batch size");
-    TORCH_CHECK(
-        grads[k].scalar_type() == grads[0].scalar_type(), "fastgp: `", name, "` has dtype ",
-        grads[k].scalar_type(), " but `grads[0]` has ", grads[0].scalar_type());
-  }
-  TORCH_CHECK(pac >= 1, "fastgp: `pac` must be a positive integer, got ", pac);
-  TORCH_CHECK(
-      grads[0].size(0) % pac == 0, "fastgp: `pac`=", pac, " must divide the batch size B=",
-      grads[0].size(0));
-}
-
 // One gradient tensor as (rows, row_length) raw memory.
 struct RowsOf {
   at::Tensor keep;  // the tensor `data` points into (a contiguous copy when needed)
@@ -374,15 +305,35 @@ struct RowsOf {
 };
 
 // ---------------------------------------------------------------------------------------
-// penalty_forward: norms[i] = sqrt(sum_{j in group i} sum g_j**2) * inv_scale,
+// penalty_forward: norms[i] = sqrt(sum_{j in group i} sum g_j**2) * inv_scale (/ grad_scale),
 // penalty = lambda_gp * mean_i h(norms[i] - center), h(d) = d**2 (max(d, 0)**2 one-sided).
 // Bytes: reads N sizeof(T) once (all of grads), writes (B // pac + 1) sizeof(Acc) plus one
 // Acc per kChunk elements of scratch; eager PyTorch casts, squares, sums and concatenates
 // in separate passes.
+// The loss scale the gradients carry, in Acc (1 when there is none): a CPU scalar.
+template <typename Acc>
+Acc loss_scale_of(const std::optional<at::Tensor>& grad_scale) {
+  if (!grad_scale.has_value() || !grad_scale->defined()) {
+    return Acc(1);
+  }
+  return grad_scale->item().template to<Acc>();
+}
+
+bool has_scale(const std::optional<at::Tensor>& grad_scale) {
+  return grad_scale.has_value() && grad_scale->defined();
+}
+
+// max(d, 0) that keeps a NaN a NaN (std::max's result for NaN depends on argument order):
+// a non-finite gradient must make the one-sided penalty non-finite, as in the reference.
+template <typename Acc>
+Acc clamp_at_zero(Acc d) {
+  return d < Acc(0) ? Acc(0) : d;
+}
+
 std::tuple<at::Tensor, at::Tensor> penalty_forward_cpu(
-    at::TensorList grads, double inv_scale, double lambda_gp, double center, bool one_sided,
-    int64_t pac) {
-  check_grads(grads, pac);
+    at::TensorList grads, const std::optional<at::Tensor>& grad_scale, double inv_scale,
+    double lambda_gp, double center, bool one_sided, int64_t pac) {
+  check_penalty(grads, grad_scale, pac);
   const int64_t rows = grads[0].size(0);
   const int64_t groups = rows / pac;
   const auto dtype = grads[0].scalar_type();
@@ -439,6 +390,8 @@ std::tuple<at::Tensor, at::Tensor> penalty_forward_cpu(
     // Fixed-order combination: groups, then rows of the group, then tensors, then chunks.
     Acc* norms_out = norms.mutable_data_ptr<Acc>();
     const Acc scale = static_cast<Acc>(inv_scale);
+    const bool divide = has_scale(grad_scale);
+    const Acc loss_scale = loss_scale_of<Acc>(grad_scale);
     const Acc center_acc = static_cast<Acc>(center);
     Acc h_sum = 0;
     for (int64_t i = 0; i < groups; ++i) {
@@ -451,11 +404,14 @@ std::tuple<at::Tensor, at::Tensor> penalty_forward_cpu(
           }
         }
       }
-      const Acc norm = std::sqrt(s) * scale;
+      Acc norm = std::sqrt(s) * scale;
+      if (divide) {
+        norm = norm / loss_scale;
+      }
       norms_out[i] = norm;
       Acc d = norm - center_acc;
       if (one_sided) {
-        d = std::max(d, Acc(0));
+        d = clamp_at_zero(d);
       }
       h_sum += d * d;
     }
@@ -466,36 +422,19 @@ std::tuple<at::Tensor, at::Tensor> penalty_forward_cpu(
 }
 
 // ---------------------------------------------------------------------------------------
-// penalty_backward: dP/dg = grad_penalty * lambda_gp / G * 2 d_i / norms[i] * inv_scale**2 * g
-// with d_i = norms[i] - center (clamped at 0 one-sided), G = B // pac, i = sample // pac,
-// and coefficient 0 where norms[i] == 0 (the subgradient PyTorch's norm backward uses).
+// penalty_backward: dP/dg = d_i / norms[i] * u * g, u = grad_penalty * 2 lambda_gp
+// inv_scale**2 / G (/ grad_scale**2), d_i = norms[i] - center (clamped at 0 one-sided),
+// G = B // pac, i = sample // pac, and coefficient 0 where norms[i] == 0 exactly (the
+// subgradient PyTorch's norm backward uses; a NaN norm gives a NaN coefficient).
 // Bytes: reads N sizeof(T) + (G + 1) sizeof(Acc), writes N sizeof(T): one pass per tensor.
 std::vector<at::Tensor> penalty_backward_cpu(
     const at::Tensor& grad_penalty, at::TensorList grads, const at::Tensor& norms,
-    double inv_scale, double lambda_gp, double center, bool one_sided, int64_t pac) {
-  check_grads(grads, pac);
+    const std::optional<at::Tensor>& grad_scale, double inv_scale, double lambda_gp,
+    double center, bool one_sided, int64_t pac) {
+  check_penalty_backward(grad_penalty, grads, norms, grad_scale, pac);
   const int64_t rows = grads[0].size(0);
   const int64_t groups = rows / pac;
   const auto dtype = grads[0].scalar_type();
-  const auto acc = accumulation_type(dtype);
-  TORCH_CHECK(grad_penalty.defined(), "fastgp: `grad_penalty` is an undefined tensor");
-  TORCH_CHECK(
-      grad_penalty.device().is_cpu() && grad_penalty.numel() == 1,
-      "fastgp: `grad_penalty` must be a one-element CPU tensor, got shape ",
-      grad_penalty.sizes(), " on ", grad_penalty.device());
-  TORCH_CHECK(
-      grad_penalty.scalar_type() == acc, "fastgp: `grad_penalty` must be ", acc, " for ", dtype,
-      " `grads`, got ", grad_penalty.scalar_type());
-  TORCH_CHECK(norms.defined(), "fastgp: `norms` is an undefined tensor");
-  TORCH_CHECK(
-      norms.device().is_cpu(), "fastgp: `norms` must be a CPU tensor, got a tensor on ",
-      norms.device());
-  TORCH_CHECK(
-      norms.dim() == 1 && norms.size(0) == groups, "fastgp: `norms` must have shape (B // pac,) = (",
-      groups, ",), got ", norms.sizes());
-  TORCH_CHECK(
-      norms.scalar_type() == acc, "fastgp: `norms` must be ", acc, " for ", dtype,
-      " `grads`, got ", norms.scalar_type());
 
   std::vector<at::Tensor> outs;
   outs.reserve(grads.size());
@@ -503,9 +442,14 @@ std::vector<at::Tensor> penalty_backward_cpu(
     using T = scalar_t;
     using Acc = at::opmath_type<T>;
     // Per-group coefficient, computed as reference.penalty_backward does: ratio d / n, then
-    // times (grad_penalty * factor), factor = 2 lambda inv_scale**2 / G rounded to Acc once.
+    // times u = grad_penalty * factor (factor = 2 lambda inv_scale**2 / G rounded to Acc
+    // once), divided by the loss scale squared when there is one.
     const double factor = 2.0 * lambda_gp * inv_scale * inv_scale / static_cast<double>(groups);
-    const Acc upstream = *grad_penalty.const_data_ptr<Acc>() * static_cast<Acc>(factor);
+    Acc upstream = *grad_penalty.const_data_ptr<Acc>() * static_cast<Acc>(factor);
+    if (has_scale(grad_scale)) {
+      const Acc loss_scale = loss_scale_of<Acc>(grad_scale);
+      upstream = upstream / (loss_scale * loss_scale);
+    }
     const Acc center_acc = static_cast<Acc>(center);
     const Acc* n = norms.const_data_ptr<Acc>();
     const int64_t norms_stride = norms.stride(0);
@@ -514,9 +458,9 @@ std::vector<at::Tensor> penalty_backward_cpu(
       const Acc norm = n[i * norms_stride];
       Acc d = norm - center_acc;
       if (one_sided) {
-        d = std::max(d, Acc(0));
+        d = clamp_at_zero(d);
       }
-      const Acc ratio = norm > Acc(0) ? d / norm : Acc(0);
+      const Acc ratio = norm == Acc(0) ? Acc(0) : d / norm;
       coef[static_cast<size_t>(i)] = ratio * upstream;
     }
     for (const at::Tensor& g : grads) {
@@ -540,88 +484,71 @@ std::vector<at::Tensor> penalty_backward_cpu(
 }
 
 // ---------------------------------------------------------------------------------------
-// penalty: penalty_forward with its autograd in C++ (the op the CPU path of
-// fastgp.penalty_from_grads calls). A Python torch.autograd.Function costs tens of
-// microseconds per call between apply(), the context and the engine calling back into
-// Python for backward; for the small batches of a toy critic that is more than the kernels
-// themselves. Here the autograd node is a C++ object and backward never enters Python.
+// penalty: penalty_forward with its autograd node in C++, the CPU eager fast path of
+// fastgp.ops.penalty. The node is the same formula as PenaltyFunction in
+// fastgp/ops/autograd.py (the one autograd definition, used everywhere else): a Python
+// autograd.Function costs about 60 us more per fwd+bwd than this node (measured numbers in
+// fastgp/ops/__init__.py), more than the kernels themselves for a toy critic's batch.
 //
-// Both passes call the inner ops through the dispatcher, not the functions above, so that
-// under torch.compile the fake kernels (fastgp/ops.py) run on fake tensors and the traced
-// graph holds penalty_forward and penalty_backward as opaque ops.
+// Every pass calls the ops through the dispatcher, not the functions above: under
+// create_graph the backward is fastgp::penalty_grads, the differentiable reference formula
+// registered from Python (fastgp/backends/reference.py), so that formula exists once.
+
+using OptionalTensor = std::optional<at::Tensor>;
 
 std::tuple<at::Tensor, at::Tensor> dispatch_penalty_forward(
-    at::TensorList grads, double inv_scale, double lambda_gp, double center, bool one_sided,
-    int64_t pac) {
+    at::TensorList grads, const OptionalTensor& grad_scale, double inv_scale, double lambda_gp,
+    double center, bool one_sided, int64_t pac) {
   static const auto op =
       c10::Dispatcher::singleton()
           .findSchemaOrThrow("fastgp::penalty_forward", "")
           .typed<std::tuple<at::Tensor, at::Tensor>(
-              at::TensorList, double, double, double, bool, int64_t)>();
-  return op.call(grads, inv_scale, lambda_gp, center, one_sided, pac);
+              at::TensorList, const OptionalTensor&, double, double, double, bool, int64_t)>();
+  return op.call(grads, grad_scale, inv_scale, lambda_gp, center, one_sided, pac);
 }
 
 std::vector<at::Tensor> dispatch_penalty_backward(
     const at::Tensor& grad_penalty, at::TensorList grads, const at::Tensor& norms,
-    double inv_scale, double lambda_gp, double center, bool one_sided, int64_t pac) {
+    const OptionalTensor& grad_scale, double inv_scale, double lambda_gp, double center,
+    bool one_sided, int64_t pac) {
   static const auto op =
       c10::Dispatcher::singleton()
           .findSchemaOrThrow("fastgp::penalty_backward", "")
           .typed<std::vector<at::Tensor>(
-              const at::Tensor&, at::TensorList, const at::Tensor&, double, double, double, bool,
-              int64_t)>();
-  return op.call(grad_penalty, grads, norms, inv_scale, lambda_gp, center, one_sided, pac);
+              const at::Tensor&, at::TensorList, const at::Tensor&, const OptionalTensor&, double,
+              double, double, bool, int64_t)>();
+  return op.call(
+      grad_penalty, grads, norms, grad_scale, inv_scale, lambda_gp, center, one_sided, pac);
 }
 
-// dP/dg written with differentiable ATen ops (reference.penalty_forward then
-// reference.penalty_backward, line for line), for a backward that is itself being recorded
-// (create_graph=True): the second derivative must see how the per-sample coefficient
-// depends on g, which the fused kernel's output does not carry.
-std::vector<at::Tensor> penalty_backward_differentiable(
-    const at::Tensor& grad_penalty, const std::vector<at::Tensor>& grads, double inv_scale,
-    double lambda_gp, double center, bool one_sided, int64_t pac) {
-  const auto acc = accumulation_type(grads[0].scalar_type());
-  const int64_t rows = grads[0].size(0);
-  const int64_t groups = rows / pac;
-  std::vector<at::Tensor> flat;
-  flat.reserve(grads.size());
-  for (const at::Tensor& g : grads) {
-    flat.push_back(g.to(acc).reshape({groups, -1}));
-  }
-  const at::Tensor joined = flat.size() == 1 ? flat[0] : at::cat(flat, 1);
-  const at::Tensor norms = at::linalg_vector_norm(joined, 2, {1}) * inv_scale;
-  at::Tensor d = norms - center;
-  if (one_sided) {
-    d = d.clamp_min(0);
-  }
-  const at::Tensor positive = norms > 0;
-  const at::Tensor safe = at::where(positive, norms, at::ones_like(norms));
-  at::Tensor coef = at::where(positive, d / safe, at::zeros_like(norms));
-  coef = coef * (grad_penalty * (2.0 * lambda_gp * inv_scale * inv_scale /
-                                 static_cast<double>(groups)));
-  if (pac > 1) {
-    coef = coef.repeat_interleave(pac);
-  }
-  std::vector<at::Tensor> out;
-  out.reserve(grads.size());
-  for (const at::Tensor& g : grads) {
-    std::vector<int64_t> shape(static_cast<size_t>(g.dim()), 1);
-    shape[0] = rows;
-    out.push_back((coef.reshape(shape) * g.to(acc)).to(g.scalar_type()));
-  }
-  return out;
+std::vector<at::Tensor> dispatch_penalty_grads(
+    const at::Tensor& grad_penalty, at::TensorList grads, const OptionalTensor& grad_scale,
+    double inv_scale, double lambda_gp, double center, bool one_sided, int64_t pac) {
+  static const auto op =
+      c10::Dispatcher::singleton()
+          .findSchemaOrThrow("fastgp::penalty_grads", "")
+          .typed<std::vector<at::Tensor>(
+              const at::Tensor&, at::TensorList, const OptionalTensor&, double, double, double,
+              bool, int64_t)>();
+  return op.call(grad_penalty, grads, grad_scale, inv_scale, lambda_gp, center, one_sided, pac);
 }
 
 class PenaltyFunction : public torch::autograd::Function<PenaltyFunction> {
  public:
   static torch::autograd::variable_list forward(
-      torch::autograd::AutogradContext* ctx, at::TensorList grads, double inv_scale,
-      double lambda_gp, double center, bool one_sided, int64_t pac) {
-    auto [penalty, norms] =
-        dispatch_penalty_forward(grads, inv_scale, lambda_gp, center, one_sided, pac);
+      torch::autograd::AutogradContext* ctx, at::TensorList grads,
+      const OptionalTensor& grad_scale, double inv_scale, double lambda_gp, double center,
+      bool one_sided, int64_t pac) {
+    auto [penalty, norms] = dispatch_penalty_forward(
+        grads, grad_scale, inv_scale, lambda_gp, center, one_sided, pac);
     std::vector<at::Tensor> saved(grads.begin(), grads.end());
     saved.push_back(norms);
+    const bool scaled = has_scale(grad_scale);
+    if (scaled) {
+      saved.push_back(*grad_scale);
+    }
     ctx->save_for_backward(saved);
+    ctx->saved_data["has_scale"] = scaled;
     ctx->saved_data["inv_scale"] = inv_scale;
     ctx->saved_data["lambda_gp"] = lambda_gp;
     ctx->saved_data["center"] = center;
@@ -635,6 +562,11 @@ class PenaltyFunction : public torch::autograd::Function<PenaltyFunction> {
   static torch::autograd::variable_list backward(
       torch::autograd::AutogradContext* ctx, torch::autograd::variable_list grad_outputs) {
     std::vector<at::Tensor> grads = ctx->get_saved_variables();
+    OptionalTensor grad_scale;
+    if (ctx->saved_data["has_scale"].toBool()) {
+      grad_scale = grads.back();
+      grads.pop_back();
+    }
     const at::Tensor norms = grads.back();
     grads.pop_back();
     const double inv_scale = ctx->saved_data["inv_scale"].toDouble();
@@ -645,21 +577,22 @@ class PenaltyFunction : public torch::autograd::Function<PenaltyFunction> {
     const at::Tensor& grad_penalty = grad_outputs[0];
     std::vector<at::Tensor> out =
         at::GradMode::is_enabled()
-            ? penalty_backward_differentiable(
-                  grad_penalty, grads, inv_scale, lambda_gp, center, one_sided, pac)
+            ? dispatch_penalty_grads(
+                  grad_penalty, grads, grad_scale, inv_scale, lambda_gp, center, one_sided, pac)
             : dispatch_penalty_backward(
-                  grad_penalty, grads, norms, inv_scale, lambda_gp, center, one_sided, pac);
-    // No gradient for inv_scale, lambda_gp, center, one_sided, pac.
-    out.resize(out.size() + 5);
+                  grad_penalty, grads, norms, grad_scale, inv_scale, lambda_gp, center,
+                  one_sided, pac);
+    // No gradient for grad_scale, inv_scale, lambda_gp, center, one_sided, pac.
+    out.resize(out.size() + 6);
     return out;
   }
 };
 
 std::tuple<at::Tensor, at::Tensor> penalty_autograd(
-    at::TensorList grads, double inv_scale, double lambda_gp, double center, bool one_sided,
-    int64_t pac) {
-  torch::autograd::variable_list out =
-      PenaltyFunction::apply(grads, inv_scale, lambda_gp, center, one_sided, pac);
+    at::TensorList grads, const OptionalTensor& grad_scale, double inv_scale, double lambda_gp,
+    double center, bool one_sided, int64_t pac) {
+  torch::autograd::variable_list out = PenaltyFunction::apply(
+      grads, grad_scale, inv_scale, lambda_gp, center, one_sided, pac);
   return std::make_tuple(std::move(out[0]), std::move(out[1]));
 }
 

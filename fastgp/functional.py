@@ -5,16 +5,15 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from fastgp.autograd import InterpolateFunction, PenaltyFromGradsFunction, kernels
-from fastgp.backends import reference, resolve_backend
+from fastgp import ops
+from fastgp.backends import resolve_backend
 from fastgp.validation import (
     as_tensor_tuple,
-    check_batch,
+    batch_size,
     check_number,
     check_pac,
-    check_pair,
     check_weight,
-    inverse_scale,
+    grad_scale_of,
     per_sample_alpha,
 )
 
@@ -38,27 +37,18 @@ def interpolate(
         backend: ``"auto"``, ``"triton"``, ``"cpp"`` or ``"torch"`` (see ``fastgp.backends``).
 
     Returns:
-        x_hat: (B, *) in real's dtype and layout. It requires grad only if real or fake do;
-        its backward (one fused pass) reaches them.
+        x_hat: (B, *) in real's dtype and layout. It requires grad only if real or fake (or
+        a tensor alpha) do; its backward (one fused pass) reaches them.
     """
-    batch = check_pair((real,), (fake,))
-    return interpolate_with(
+    for name, value in (("real", real), ("fake", fake)):
+        if not isinstance(value, Tensor):
+            raise TypeError(f"`{name}` must be a Tensor, got {type(value).__name__}")
+    return ops.interpolate(
         resolve_backend(backend, real.device, real.dtype),
         real,
         fake,
-        per_sample_alpha(
-            alpha, batch, 1, real, reference.accumulation_dtype(real.dtype), generator
-        ),
+        per_sample_alpha(alpha, batch_size(real, "real"), 1, real, generator),
     )
-
-
-def interpolate_with(backend: str, real: Tensor, fake: Tensor, alpha: Tensor) -> Tensor:
-    """``interpolate`` on checked inputs, a resolved backend and a (B,) alpha."""
-    if backend == "torch" or alpha.requires_grad:
-        return reference.interpolate(real, fake, alpha)
-    if torch.is_grad_enabled() and (real.requires_grad or fake.requires_grad):
-        return InterpolateFunction.apply(backend, alpha, real, fake)
-    return kernels(backend, real.device).interpolate(real, fake, alpha)
 
 
 def penalty_from_grads(
@@ -66,7 +56,7 @@ def penalty_from_grads(
     lambda_gp: float = 10.0,
     center: float = 1.0,
     one_sided: bool = False,
-    grad_scale: float | torch.amp.GradScaler | None = None,
+    grad_scale: float | Tensor | torch.amp.GradScaler | None = None,
     pac: int = 1,
     return_norms: bool = False,
     backend: str = "auto",
@@ -80,8 +70,9 @@ def penalty_from_grads(
         lambda_gp: weight, >= 0.
         center: target norm (1 for WGAN-GP, 0 for zero-centred penalties).
         one_sided: use ``max(0, ||g_i|| - center)**2`` (WGAN-LP) instead of the square.
-        grad_scale: the scale the critic output was multiplied by before ``autograd.grad``
-            (a float or a ``torch.amp.GradScaler``); removed inside the norm.
+        grad_scale: the loss scale the critic output was multiplied by before
+            ``autograd.grad``: a float, a one-element tensor or a ``torch.amp.GradScaler``
+            (both read on the device, never synchronised); removed inside the norm.
         pac: norms are taken over groups of ``pac`` consecutive samples (PacGAN / CTGAN).
         return_norms: also return the detached per-group norms, shape (B // pac,).
         backend: ``"auto"``, ``"triton"``, ``"cpp"`` or ``"torch"``.
@@ -92,42 +83,16 @@ def penalty_from_grads(
         ``(penalty, norms)``.
     """
     grads = as_tensor_tuple(grads, "grads")
-    pac = check_pac(pac, check_batch(grads, "grads"))
-    return penalty_with(
-        resolve_backend(backend, grads[0].device, grads[0].dtype),
+    first = grads[0]
+    scale, inv_scale = grad_scale_of(grad_scale, first.device)
+    value, norms = ops.penalty(
+        resolve_backend(backend, first.device, first.dtype),
         grads,
+        scale,
+        inv_scale,
         check_weight(lambda_gp, "lambda_gp"),
         check_number(center, "center"),
         bool(one_sided),
-        inverse_scale(grad_scale),
-        pac,
-        return_norms,
+        check_pac(pac, batch_size(first, "grads")),
     )
-
-
-def penalty_with(
-    backend: str,
-    grads: tuple[Tensor, ...],
-    lambda_gp: float,
-    center: float,
-    one_sided: bool,
-    inv_scale: float,
-    pac: int,
-    return_norms: bool,
-) -> Tensor | tuple[Tensor, Tensor]:
-    """``penalty_from_grads`` on checked arguments and a resolved backend."""
-    if backend == "cpp":
-        # Autograd in C++ (csrc/fastgp_ops.cpp): no Python on the backward path.
-        penalty, norms = torch.ops.fastgp.penalty.default(
-            grads, inv_scale, lambda_gp, center, one_sided, pac
-        )
-    elif backend == "torch":
-        penalty, norms = reference.penalty_forward(
-            list(grads), inv_scale, lambda_gp, center, one_sided, pac
-        )
-        norms = norms.detach()
-    else:
-        penalty, norms = PenaltyFromGradsFunction.apply(
-            backend, inv_scale, lambda_gp, center, one_sided, pac, *grads
-        )
-    return (penalty, norms) if return_norms else penalty
+    return (value, norms) if return_norms else value

@@ -13,17 +13,16 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from fastgp import ops
 from fastgp.backends import reference, resolve_backend
-from fastgp.functional import interpolate_with, penalty_with
 from fastgp.validation import (
     as_tensor_tuple,
-    check_batch,
+    check_inputs,
     check_number,
     check_pac,
-    check_pair,
     check_weight,
-    inverse_scale,
     per_sample_alpha,
+    scaled_output,
 )
 
 Critic = Callable[..., Tensor]
@@ -75,16 +74,14 @@ def gradient_penalty(
         ``(penalty, norms)``.
     """
     reals, fakes = as_tensor_tuple(real, "real"), as_tensor_tuple(fake, "fake")
-    batch = check_pair(reals, fakes)
+    batch = check_inputs(reals, fakes)
     pac = check_pac(pac, batch)
     lambda_gp = check_weight(lambda_gp, "lambda_gp")
     center = check_number(center, "center")
     first = reals[0]
     name = resolve_backend(backend, first.device, first.dtype)
-    a = per_sample_alpha(
-        alpha, batch, pac, first, reference.accumulation_dtype(first.dtype), generator
-    )
-    points = tuple(interpolate_with(name, r, f, a) for r, f in zip(reals, fakes, strict=False))
+    a = per_sample_alpha(alpha, batch, pac, first, generator)
+    points = tuple(ops.interpolate(name, r, f, a) for r, f in zip(reals, fakes, strict=True))
     return _penalty_at(
         critic,
         points,
@@ -157,13 +154,13 @@ def dragan_penalty(
     sample; computed as the fused interpolation between ``real + delta`` and ``real``.
     """
     reals = as_tensor_tuple(real, "real")
-    batch = check_batch(reals, "real")
+    batch = check_inputs(reals)
     center = check_number(center, "center")
     lambda_gp = check_weight(lambda_gp, "lambda_gp")
     first = reals[0]
     name = resolve_backend(backend, first.device, first.dtype)
     acc = reference.accumulation_dtype(first.dtype)
-    a = per_sample_alpha(alpha, batch, 1, first, acc, generator)
+    a = per_sample_alpha(alpha, batch, 1, first, generator)
     points = []
     for r in reals:
         with torch.no_grad():
@@ -174,7 +171,7 @@ def dragan_penalty(
                 device=generator.device if generator is not None else r.device,
             ).to(r.device)
             delta = (0.5 * r.to(acc).std() * noise).to(r.dtype)
-        points.append(interpolate_with(name, r + delta, r, a))
+        points.append(ops.interpolate(name, r + delta, r, a))
     return _penalty_at(
         critic,
         tuple(points),
@@ -195,7 +192,7 @@ def _zero_centred(
     critic, x, label, critic_args, critic_kwargs, gamma, grad_scale, backend, return_norms
 ):
     xs = as_tensor_tuple(x, label)
-    check_batch(xs, label)
+    check_inputs(xs)
     gamma = check_weight(gamma, "gamma")
     name = resolve_backend(backend, xs[0].device, xs[0].dtype)
     return _penalty_at(
@@ -229,21 +226,40 @@ def _penalty_at(
     what: str,
 ) -> Tensor | tuple[Tensor, Tensor]:
     """Differentiate the critic at ``points`` and reduce the gradients to the penalty."""
-    if torch.is_inference_mode_enabled():
+    if torch._C._are_functorch_transforms_active():
+        grads, scale, inv_scale = _input_grads_functional(
+            critic, points, critic_args, critic_kwargs, grad_scale
+        )
+    else:
+        grads, scale, inv_scale = _input_grads(
+            critic, points, critic_args, critic_kwargs, grad_scale, what
+        )
+    value, norms = ops.penalty(backend, grads, scale, inv_scale, lambda_gp, center, one_sided, pac)
+    return (value, norms) if return_norms else value
+
+
+def _critic_total(critic, points, critic_args, critic_kwargs, grad_scale):
+    """``sum(critic(*points))`` times the loss scale, and the scale to remove."""
+    out = critic(*points, *critic_args, **critic_kwargs)
+    if not isinstance(out, Tensor):
+        raise TypeError(f"`critic` must return a Tensor, got {type(out).__name__}")
+    return scaled_output(out.sum(), grad_scale)
+
+
+def _input_grads(critic, points, critic_args, critic_kwargs, grad_scale, what):
+    """d total / d points with ``create_graph=True`` (autograd), checking the critic uses
+    every input."""
+    if not torch.compiler.is_compiling() and torch.is_inference_mode_enabled():
         raise RuntimeError(
             "fastgp penalties need autograd (the critic's input gradient) and cannot run under "
             "torch.inference_mode(); use torch.no_grad() (the penalty enables grad itself) "
             "or neither"
         )
-    inv_scale = inverse_scale(grad_scale)
     points = tuple(p if p.requires_grad else p.detach().requires_grad_() for p in points)
     with torch.enable_grad():
-        out = critic(*points, *critic_args, **critic_kwargs)
-        if not isinstance(out, Tensor):
-            raise TypeError(f"`critic` must return a Tensor, got {type(out).__name__}")
-        total = out.sum()
-        if inv_scale != 1.0:
-            total = total * (1.0 / inv_scale)
+        total, scale, inv_scale = _critic_total(
+            critic, points, critic_args, critic_kwargs, grad_scale
+        )
         if not total.requires_grad:
             raise ValueError(
                 f"`critic` output does not depend on its input: nothing in it requires grad "
@@ -257,4 +273,21 @@ def _penalty_at(
                 f"`critic` output does not depend on {which}: autograd found no path from "
                 f"that input to the output, so its gradient penalty is undefined."
             )
-    return penalty_with(backend, grads, lambda_gp, center, one_sided, inv_scale, pac, return_norms)
+    return grads, scale, inv_scale
+
+
+def _input_grads_functional(critic, points, critic_args, critic_kwargs, grad_scale):
+    """The input gradients inside a ``torch.func`` transform (``torch.func.grad`` over the
+    critic's parameters, say), where ``torch.autograd.grad`` cannot see the transform's
+    tensors: a ``torch.func.vjp`` at the same level, differentiable by the outer transform.
+    (A critic that ignores an input gives zeros here, not an error.)"""
+    found = {}
+
+    def total_of(*xs):
+        total, scale, inv_scale = _critic_total(critic, xs, critic_args, critic_kwargs, grad_scale)
+        found["scale"] = (scale, inv_scale)
+        return total
+
+    total, vjp_fn = torch.func.vjp(total_of, *points)
+    grads = vjp_fn(torch.ones_like(total))
+    return tuple(grads), *found["scale"]

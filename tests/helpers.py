@@ -7,9 +7,11 @@ implementations fastgp replaces; drop-in tests compare against them.
 from __future__ import annotations
 
 from collections.abc import Callable
+from types import SimpleNamespace
 
 import torch
 from torch import Tensor, nn
+from torch.utils._python_dispatch import TorchDispatchMode
 
 # dtype -> (atol, rtol) for a result computed by a different but equally accurate route
 # (another reduction order, fused rounding) than the expected value in the same dtype.
@@ -314,3 +316,31 @@ def param_grads(module: nn.Module) -> list[Tensor]:
         p.grad.detach().clone() if p.grad is not None else torch.zeros_like(p)
         for p in module.parameters()
     ]
+
+
+def kernels(backend: str, device: torch.device | str = "cpu") -> SimpleNamespace:
+    """The four op-contract functions of ``backend``: the reference's functions for
+    ``"torch"``, else the dispatcher ops that run it on ``device`` (signatures of
+    ``fastgp.backends.reference``)."""
+    from fastgp import ops
+    from fastgp.backends import reference
+
+    names = ("interpolate", "interpolate_backward", "penalty_forward", "penalty_backward")
+    if backend == "torch":
+        return SimpleNamespace(**{n: getattr(reference, n) for n in names})
+    namespace = ops.op_namespace(backend, torch.device(device))
+    return SimpleNamespace(**{n: getattr(namespace, n).default for n in names})
+
+
+class OpCalls(TorchDispatchMode):
+    """Records the names of the fastgp ops dispatched inside the block (``calls``)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[str] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        namespace = func.namespace
+        if namespace.startswith("fastgp"):
+            self.calls.append(func.__name__.split(".")[0])
+        return func(*args, **(kwargs or {}))

@@ -28,7 +28,7 @@ def _fallback_warnings(record) -> list[str]:
 def _check_penalty(backend="auto", dtype=torch.float32):
     g = make_input((4, 5), dtype, seed=1)
     penalty = fastgp.penalty_from_grads(g, backend=backend)
-    expected, _ = reference.penalty_forward([g], 1.0, 10.0, 1.0, False, 1)
+    expected, _ = reference.penalty_forward([g], None, 1.0, 10.0, 1.0, False, 1)
     tol = TOLERANCES[reference.accumulation_dtype(dtype)]
     assert_close_report(penalty, expected, *tol, what="penalty")
 

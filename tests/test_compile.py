@@ -17,7 +17,7 @@ from torch._dynamo.testing import AotEagerAndRecordGraphs, InductorAndRecordGrap
 from torch._subclasses.fake_tensor import FakeTensorMode
 
 import fastgp
-import fastgp.autograd
+import fastgp.ops
 
 pytestmark = [
     pytest.mark.usefixtures("cpp_built"),
@@ -128,7 +128,7 @@ def test_compiled_interpolate_and_penalty_dynamic_shapes(
     """Compiled once with dynamic shapes (the fake kernels see a symbolic batch size), then
     run at two batch sizes; channels_last inputs; values and all gradients equal eager."""
     # Cold caches, as in a fresh process whose first call is the compiled one.
-    monkeypatch.setattr(fastgp.autograd, "_kernels", {})
+    monkeypatch.setattr(fastgp.ops, "_namespaces", {})
     recorder = AotEagerAndRecordGraphs()
     compiled = torch.compile(
         _interpolate_then_penalty, backend=recorder, fullgraph=True, dynamic=True
@@ -185,10 +185,14 @@ def _op_samples(requires_grad: bool) -> list[tuple[object, tuple]]:
         (OPS.interpolate.default, (real, fake, alpha)),
         (OPS.interpolate_backward.default, (real, alpha, True, True)),
         (OPS.interpolate_backward.default, (real, alpha, False, True)),
-        (OPS.penalty_forward.default, ([real, other], 0.5, 10.0, 1.0, False, 2)),
+        (OPS.penalty_forward.default, ([real, other], None, 0.5, 10.0, 1.0, False, 2)),
+        (
+            OPS.penalty_forward.default,
+            ([real, other], torch.tensor(4.0), 0.5, 10.0, 1.0, True, 2),
+        ),
         (
             OPS.penalty_backward.default,
-            (torch.tensor(1.5), [real, other], norms, 0.5, 10.0, 1.0, True, 2),
+            (torch.tensor(1.5), [real, other], norms, None, 0.5, 10.0, 1.0, True, 2),
         ),
     ]
 
@@ -208,7 +212,7 @@ def test_opcheck(sample: tuple[object, tuple]) -> None:
     ``test_autograd_registration`` runs in ``test_opcheck_autograd_registration`` on inputs
     that require grad (it needs them). With such inputs ``test_aot_dispatch_dynamic`` would
     backpropagate through the raw operators, which have no derivative formula by design:
-    differentiation belongs to ``fastgp.autograd``'s Functions, whose backward calls the
+    differentiation belongs to ``fastgp.ops.autograd``'s Functions, whose backward calls the
     ``*_backward`` operators (covered by the compile tests above).
     """
     op, args = sample
@@ -220,7 +224,8 @@ def test_opcheck(sample: tuple[object, tuple]) -> None:
 @pytest.mark.parametrize("sample", _op_samples(requires_grad=True), ids=_sample_id)
 def test_opcheck_autograd_registration(sample: tuple[object, tuple]) -> None:
     """The kernels do not record autograd history (outputs of inputs requiring grad do not
-    themselves require grad), so the operators are the opaque primitives autograd.py wraps."""
+    themselves require grad): the operators are the opaque primitives that
+    ``fastgp.ops.autograd`` wraps."""
     op, args = sample
     torch.library.opcheck(op, args, test_utils=("test_autograd_registration",))
 
@@ -231,7 +236,12 @@ def test_opcheck_penalty_with_autograd() -> None:
     real = _randn(4, 3, 5, 6, seed=15).to(memory_format=torch.channels_last).requires_grad_()
     other = _randn(4, 7, seed=16).requires_grad_()
     for one_sided in (False, True):
-        torch.library.opcheck(OPS.penalty.default, ([real, other], 0.5, 10.0, 1.0, one_sided, 2))
+        torch.library.opcheck(
+            OPS.penalty.default, ([real, other], None, 0.5, 10.0, 1.0, one_sided, 2)
+        )
+        torch.library.opcheck(
+            OPS.penalty.default, ([real, other], torch.tensor(2.0), 1.0, 10.0, 1.0, one_sided, 2)
+        )
 
 
 def test_cpp_penalty_backward_is_a_cpp_node() -> None:
@@ -279,11 +289,11 @@ def test_fake_kernels_match_real_outputs(dtype: torch.dtype) -> None:
         calls += [
             (layout, OPS.interpolate.default, (x, x.detach().clone(), alpha)),
             (layout, OPS.interpolate_backward.default, (x, alpha, True, True)),
-            (layout, OPS.penalty_forward.default, ([x, x[:, 0]], 1.0, 10.0, 1.0, False, 2)),
+            (layout, OPS.penalty_forward.default, ([x, x[:, 0]], None, 1.0, 10.0, 1.0, False, 2)),
             (
                 layout,
                 OPS.penalty_backward.default,
-                (torch.tensor(1.0, dtype=acc), [x, x[:, 0]], norms, 1.0, 10.0, 1.0, False, 2),
+                (torch.tensor(1.0, dtype=acc), [x, x[:, 0]], norms, None, 1.0, 10.0, 1.0, False, 2),
             ),
         ]
     for layout, op, args in calls:

@@ -40,7 +40,7 @@ def test_importing_fastgp_builds_nothing(tmp_path):
     out = _run_python(
         """
         import sys
-        import fastgp, fastgp.functional, fastgp.penalties, fastgp.autograd
+        import fastgp, fastgp.functional, fastgp.penalties, fastgp.ops
         import fastgp.backends.cpp as cpp
         print("loaded" if cpp._loaded is not None else "not loaded")
         """,
@@ -89,7 +89,7 @@ def test_broken_compiler_fails_clearly_once_and_auto_falls_back(tmp_path):
             second = functional.penalty_from_grads(g, backend="auto")
         messages = [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)]
         assert len(messages) == 1 and "/nonexistent/c++" in messages[0], messages
-        expected, _ = reference.penalty_forward([g], 1.0, 10.0, 1.0, False, 1)
+        expected, _ = reference.penalty_forward([g], None, 1.0, 10.0, 1.0, False, 1)
         assert torch.equal(first, expected) and torch.equal(second, expected)
         print("ok")
         """,

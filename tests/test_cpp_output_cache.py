@@ -52,15 +52,15 @@ def test_a_freed_output_is_reused_and_rewritten_completely() -> None:
     assert cpp.output_cache_info()["cached_bytes"] == 0
     assert torch.equal(second, ref.interpolate(fake, real, 1 - alpha))
     (grad,) = ops.penalty_backward.default(
-        torch.tensor(1.0), [second], torch.ones(BIG[0]), 1.0, 10.0, 0.5, False, 1
+        torch.tensor(1.0), [second], torch.ones(BIG[0]), None, 1.0, 10.0, 0.5, False, 1
     )
     del second
     (again,) = ops.penalty_backward.default(
-        torch.tensor(1.0), [real], torch.ones(BIG[0]), 1.0, 10.0, 0.5, False, 1
+        torch.tensor(1.0), [real], torch.ones(BIG[0]), None, 1.0, 10.0, 0.5, False, 1
     )
     assert again.data_ptr() == address
     (expected,) = ref.penalty_backward(
-        torch.tensor(1.0), [real], torch.ones(BIG[0]), 1.0, 10.0, 0.5, False, 1
+        torch.tensor(1.0), [real], torch.ones(BIG[0]), None, 1.0, 10.0, 0.5, False, 1
     )
     assert torch.equal(again, expected)
     assert grad.data_ptr() != address  # both alive: two buffers

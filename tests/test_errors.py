@@ -59,7 +59,7 @@ def _pair(shape=(B, D)):
             torch.zeros(B, D),
             torch.zeros(B, D, dtype=torch.int32),
             TypeError,
-            r"`fake` must be a floating",
+            r"`fake` must have the dtype of `real` \(torch.float32\), got torch.int32",
         ),
         (
             "not a tensor",

@@ -107,7 +107,7 @@ def test_third_order_matches_reference(backend, options):
     )
     ref = _third_derivative(
         lambda x: reference.penalty_forward(
-            [x], 1.0, 10.0, options.get("center", 1.0), options.get("one_sided", False), pac
+            [x], None, 1.0, 10.0, options.get("center", 1.0), options.get("one_sided", False), pac
         )[0],
         g,
         u,

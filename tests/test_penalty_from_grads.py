@@ -11,11 +11,11 @@ from helpers import (
     assert_layout_of_empty_like,
     assert_no_worse_than_reference,
     grad_leaf,
+    kernels,
     make_input,
 )
 
 import fastgp
-from fastgp import autograd as fastgp_autograd
 from fastgp.backends import reference
 
 DTYPES = (torch.float64, torch.float32, torch.float16, torch.bfloat16)
@@ -37,20 +37,16 @@ CASES = [
 CASE_IDS = [f"{'x'.join(map(str, s))}-{layout}" for s, layout in CASES]
 
 
-class FixedScale:
-    """Anything with ``get_scale()`` is accepted as a GradScaler."""
-
-    def __init__(self, scale: float):
-        self.scale = scale
-
-    def get_scale(self) -> float:
-        return self.scale
+def _scaler(scale: float) -> torch.amp.GradScaler:
+    return torch.amp.GradScaler("cpu", init_scale=scale)
 
 
 def _reference(grads, *, lambda_gp=10.0, center=1.0, one_sided=False, inv_scale=1.0, pac=1):
     """(penalty, norms, dP/dgrads) from the differentiable reference, upstream grad 1."""
     leaves = [grad_leaf(g) for g in grads]
-    penalty, norms = reference.penalty_forward(leaves, inv_scale, lambda_gp, center, one_sided, pac)
+    penalty, norms = reference.penalty_forward(
+        leaves, None, inv_scale, lambda_gp, center, one_sided, pac
+    )
     dgrads = torch.autograd.grad(penalty, leaves)
     return penalty.detach(), norms.detach(), dgrads
 
@@ -142,9 +138,9 @@ def test_options_match_reference(backend, options):
 def test_backward_kernel_output_layout(backend, layout):
     """dP/dg is laid out as empty_like(g) (the op contract), for every input layout."""
     g = make_input((3, 4, 5, 6), seed=1, layout=layout)
-    k = fastgp_autograd.kernels(backend, torch.device("cpu"))
-    _, norms = k.penalty_forward([g], 1.0, 10.0, 1.0, False, 1)
-    (dgrad,) = k.penalty_backward(torch.tensor(1.0), [g], norms, 1.0, 10.0, 1.0, False, 1)
+    k = kernels(backend)
+    _, norms = k.penalty_forward([g], None, 1.0, 10.0, 1.0, False, 1)
+    (dgrad,) = k.penalty_backward(torch.tensor(1.0), [g], norms, None, 1.0, 10.0, 1.0, False, 1)
     assert_layout_of_empty_like(dgrad, g, what="dP/dg")
 
 
@@ -156,9 +152,13 @@ def test_manual_formula(backend):
     assert_close_report(penalty, expected, *TOLERANCES[torch.float64])
 
 
-@pytest.mark.parametrize("scale", [1024.0, FixedScale(2.0**16)], ids=["float", "scaler"])
+@pytest.mark.parametrize(
+    "scale",
+    [1024.0, torch.tensor(512.0), _scaler(2.0**16)],
+    ids=["float", "tensor", "scaler"],
+)
 def test_grad_scale_is_removed(backend, scale):
-    value = scale if isinstance(scale, float) else scale.get_scale()
+    value = scale.get_scale() if isinstance(scale, torch.amp.GradScaler) else float(scale)
     g = make_input((5, 3, 4), torch.float32, seed=6, scale=0.1)
     penalty, norms, (dgrad,) = _run([g * value], backend, grad_scale=scale)
     ref_penalty, ref_norms, (ref_dgrad,) = _reference([g * value], inv_scale=1.0 / value)

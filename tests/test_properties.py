@@ -75,6 +75,7 @@ def _check_penalty(backend: str, case: dict) -> None:
     leaves = [grad_leaf(g) for g in scaled]
     ref_penalty, ref_norms = reference.penalty_forward(
         leaves,
+        None,
         1.0 / case["scale"],
         options["lambda_gp"],
         options["center"],

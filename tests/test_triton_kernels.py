@@ -94,17 +94,17 @@ def _check_penalty(case: PenaltyCase, grads: list[Tensor]) -> None:
     """Forward and backward of the Triton kernels vs the reference, on ``grads`` as given."""
     params = _params(case)
     grad_penalty = torch.tensor(0.75, dtype=reference.accumulation_dtype(grads[0].dtype))
-    penalty, norms = triton_backend.penalty_forward(grads, *params)
-    ref_penalty, ref_norms = reference.penalty_forward(grads, *params)
+    penalty, norms = triton_backend.penalty_forward(grads, None, *params)
+    ref_penalty, ref_norms = reference.penalty_forward(grads, None, *params)
     grads64 = [g.double() for g in grads]
-    oracle_penalty, oracle_norms = reference.penalty_forward(grads64, *params)
+    oracle_penalty, oracle_norms = reference.penalty_forward(grads64, None, *params)
     _check("penalty", penalty, ref_penalty, oracle_penalty)
     _check("norms", norms, ref_norms, oracle_norms)
 
-    dgrads = triton_backend.penalty_backward(grad_penalty, grads, norms, *params)
-    ref_dgrads = reference.penalty_backward(grad_penalty, grads, ref_norms, *params)
+    dgrads = triton_backend.penalty_backward(grad_penalty, grads, norms, None, *params)
+    ref_dgrads = reference.penalty_backward(grad_penalty, grads, ref_norms, None, *params)
     oracle_dgrads = reference.penalty_backward(
-        grad_penalty.double(), grads64, oracle_norms, *params
+        grad_penalty.double(), grads64, oracle_norms, None, *params
     )
     assert len(dgrads) == len(grads)
     for i, (d, ref, oracle, g) in enumerate(
@@ -131,7 +131,7 @@ def test_penalty_one_sided_clamps_only_small_norms() -> None:
     """The one_sided case really has norms on both sides of center (else it tests nothing)."""
     case = PENALTY_CASES["one_sided"]
     _, norms = triton_backend.penalty_forward(
-        _penalty_grads(case, torch.float32, 1), *_params(case)
+        _penalty_grads(case, torch.float32, 1), None, *_params(case)
     )
     assert (norms < case.center).any() and (norms > case.center).any()
 
@@ -144,9 +144,9 @@ def test_penalty_zero_rows_follow_norm_zero_convention() -> None:
         g[4] = 0
     case = PenaltyCase(((6, 3, 5, 5), (6, 4)))
     _check_penalty(case, grads)
-    penalty, norms = triton_backend.penalty_forward(grads, *_params(case))
+    penalty, norms = triton_backend.penalty_forward(grads, None, *_params(case))
     assert norms[1] == 0 and norms[4] == 0 and penalty.isfinite()
-    dgrads = triton_backend.penalty_backward(torch.tensor(1.0), grads, norms, *_params(case))
+    dgrads = triton_backend.penalty_backward(torch.tensor(1.0), grads, norms, None, *_params(case))
     for d in dgrads:
         assert torch.equal(d[1], torch.zeros_like(d[1])) and torch.equal(
             d[4], torch.zeros_like(d[4])
@@ -156,10 +156,10 @@ def test_penalty_zero_rows_follow_norm_zero_convention() -> None:
 def test_penalty_all_zero_grads_pac() -> None:
     """Every group norm 0 with pac > 1: penalty = lambda * center**2, gradient all zeros."""
     grads = [torch.zeros(4, 3, 7), torch.zeros(4, 2)]
-    penalty, norms = triton_backend.penalty_forward(grads, 1.0, 10.0, 1.0, False, 2)
+    penalty, norms = triton_backend.penalty_forward(grads, None, 1.0, 10.0, 1.0, False, 2)
     assert torch.equal(norms, torch.zeros(2)) and penalty.item() == 10.0
     dgrads = triton_backend.penalty_backward(
-        torch.tensor(1.0), grads, norms, 1.0, 10.0, 1.0, False, 2
+        torch.tensor(1.0), grads, norms, None, 1.0, 10.0, 1.0, False, 2
     )
     assert all(torch.equal(d, torch.zeros_like(d)) for d in dgrads)
 
@@ -200,12 +200,12 @@ def test_penalty_layouts(layout: str) -> None:
 def test_penalty_deterministic() -> None:
     case = PenaltyCase(((3, 3, 40, 37), (3, 129)), pac=3)
     grads = _penalty_grads(case, torch.float32, seed=6)
-    first = triton_backend.penalty_forward(grads, *_params(case))
-    second = triton_backend.penalty_forward(grads, *_params(case))
+    first = triton_backend.penalty_forward(grads, None, *_params(case))
+    second = triton_backend.penalty_forward(grads, None, *_params(case))
     assert all(torch.equal(a, b) for a, b in zip(first, second, strict=True))
     gp = torch.tensor(1.0)
-    first_d = triton_backend.penalty_backward(gp, grads, first[1], *_params(case))
-    second_d = triton_backend.penalty_backward(gp, grads, first[1], *_params(case))
+    first_d = triton_backend.penalty_backward(gp, grads, first[1], None, *_params(case))
+    second_d = triton_backend.penalty_backward(gp, grads, first[1], None, *_params(case))
     assert all(torch.equal(a, b) for a, b in zip(first_d, second_d, strict=True))
 
 
@@ -339,9 +339,9 @@ def test_dense_layouts_are_not_copied(
 
     out = triton_backend.interpolate(real, fake, alpha)
     grad_real, grad_fake = triton_backend.interpolate_backward(real, alpha, True, True)
-    _, norms = triton_backend.penalty_forward([real, fake], 1.0, 10.0, 1.0, False, 1)
+    _, norms = triton_backend.penalty_forward([real, fake], None, 1.0, 10.0, 1.0, False, 1)
     (dreal,) = triton_backend.penalty_backward(
-        torch.tensor(1.0), [real], norms, 1.0, 10.0, 1.0, False, 1
+        torch.tensor(1.0), [real], norms, None, 1.0, 10.0, 1.0, False, 1
     )
 
     def ptrs(launch: list[Tensor]) -> list[int]:
@@ -383,10 +383,10 @@ def test_poison_exposes_unwritten_elements(monkeypatch: pytest.MonkeyPatch, kern
         )
         outs = triton_backend.interpolate_backward(real, alpha, True, True)
     else:
-        _, norms = triton_backend.penalty_forward([real], 1.0, 10.0, 1.0, False, 1)
+        _, norms = triton_backend.penalty_forward([real], None, 1.0, 10.0, 1.0, False, 1)
         _spy(monkeypatch, penalty_module, "_penalty_backward_kernel", drop_last_program=True)
         outs = triton_backend.penalty_backward(
-            torch.tensor(1.0), [real], norms, 1.0, 10.0, 1.0, False, 1
+            torch.tensor(1.0), [real], norms, None, 1.0, 10.0, 1.0, False, 1
         )
     for out in outs:
         assert out[-1, -1].isnan() and not out[0, :1024].isnan().any()
@@ -395,7 +395,7 @@ def test_poison_exposes_unwritten_elements(monkeypatch: pytest.MonkeyPatch, kern
 def test_poison_exposes_unwritten_partial_sums(monkeypatch: pytest.MonkeyPatch) -> None:
     real, _, _ = _pair((3, 2000), torch.float32, seed=13)
     _spy(monkeypatch, penalty_module, "_penalty_sum_squares_kernel", drop_last_program=True)
-    penalty, norms = triton_backend.penalty_forward([real], 1.0, 10.0, 1.0, False, 1)
+    penalty, norms = triton_backend.penalty_forward([real], None, 1.0, 10.0, 1.0, False, 1)
     assert norms[-1].isnan() and penalty.isnan() and not norms[0].isnan()
 
 

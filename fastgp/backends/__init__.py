@@ -20,9 +20,9 @@ import warnings
 import torch
 
 from fastgp.backends.errors import BackendUnavailable
+from fastgp.backends.reference import KERNEL_DTYPES
 
 BACKENDS = ("triton", "cpp", "torch")
-KERNEL_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 
 __all__ = ["BACKENDS", "BackendUnavailable", "resolve_backend", "unavailable_reason"]
 
@@ -94,21 +94,6 @@ def resolve_backend(backend: str, device: torch.device, dtype: torch.dtype) -> s
         name = requested
     _resolved[key] = name
     return name
-
-
-def implementation(name: str):
-    """The module implementing backend ``name`` (the four functions of ``reference``)."""
-    if name == "cpp":
-        from fastgp.backends import cpp
-
-        return cpp
-    if name == "triton":
-        from fastgp.backends import triton as triton_backend
-
-        return triton_backend
-    from fastgp.backends import reference
-
-    return reference
 
 
 def clear_cache() -> None:

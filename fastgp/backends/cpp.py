@@ -40,7 +40,7 @@ __all__ = [
 ]
 
 EXTENSION_NAME = "fastgp_cpp_ops"
-SOURCES = ("fastgp_ops.cpp", "fastgp_kernels.h", "fastgp_output_cache.h")
+SOURCES = ("fastgp_ops.cpp", "fastgp_checks.h", "fastgp_kernels.h", "fastgp_output_cache.h")
 # -O3 with the baseline ISA of the target (no -march=native: a cached build may be shared
 # by machines of one architecture). -ffp-contract=off keeps `a * x + b * y` as two rounded
 # products and a sum, as eager PyTorch computes it. -fopenmp makes at::parallel_for use

@@ -28,6 +28,7 @@ import triton.language as tl
 from torch import Tensor
 
 from fastgp.backends.layout import rows_view
+from fastgp.backends.triton.launch import launch
 
 # Elements per program: a small fixed set, so shapes map onto a handful of compiled
 # variants. Small problems take the smaller tile so they still spread over ~200 programs
@@ -182,7 +183,9 @@ def interpolate(real: Tensor, fake: Tensor, alpha: Tensor) -> Tensor:
     n_chunks = triton.cdiv(d, block_d)
     grid = (triton.cdiv(b, block_b) * n_chunks,)
     with _on_device(real):
-        _interpolate_kernel[grid](
+        launch(
+            _interpolate_kernel,
+            grid,
             real_rows,
             fake_rows,
             alpha.contiguous(),
@@ -219,7 +222,9 @@ def interpolate_backward(
     n_chunks = triton.cdiv(d, block_d)
     grid = (triton.cdiv(b, block_b) * n_chunks,)
     with _on_device(grad_out):
-        _interpolate_backward_kernel[grid](
+        launch(
+            _interpolate_backward_kernel,
+            grid,
             go_rows,
             alpha.contiguous(),
             grad_real_rows,

@@ -42,6 +42,7 @@ from fastgp.backends.triton.interpolate import (
     _tile,
     _work_buffer,
 )
+from fastgp.backends.triton.launch import launch
 
 # The sum-of-squares kernel aims for about this many programs in total: enough to fill a
 # GPU several times over, while a program loops over several tiles of a long row rather
@@ -119,9 +120,17 @@ def _penalty_sum_squares_kernel(
     tl.store(partial_ptr + rows * partial_cols + col_offset + pid_c, total, mask=row_mask)
 
 
+@triton.jit
+def _clamp_at_zero(d):
+    # max(d, 0) that keeps a NaN a NaN (tl.maximum returns the number): a non-finite
+    # gradient must make the one-sided penalty non-finite too, as in the reference.
+    return tl.where(d < 0, 0.0, d)
+
+
 @triton.jit(do_not_specialize=["G", "inv_scale_bits", "center_bits", "lambda_bits"])
 def _penalty_finalize_kernel(
     partial_ptr,  # (G, L) = (B, C) viewed per group: L = pac * C partial sums per group
+    scale_ptr,  # () loss scale, any float dtype, read iff HAS_SCALE (no host sync)
     norms_ptr,  # (G,) fp32 (fp64 for fp64 grads), written here
     penalty_ptr,  # () same dtype, written here
     G,
@@ -130,16 +139,19 @@ def _penalty_finalize_kernel(
     center_bits,
     lambda_bits,
     ONE_SIDED: tl.constexpr,
+    HAS_SCALE: tl.constexpr,
     BLOCK_G: tl.constexpr,
     BLOCK_L: tl.constexpr,
 ):
     # Bytes: reads G*L*sizeof(acc), writes (G + 1)*sizeof(acc); one program, a tiny launch.
-    # Computes norms[i] = sqrt(sum_{j<L} partial[i, j]) * inv_scale and
+    # Computes norms[i] = sqrt(sum_{j<L} partial[i, j]) * inv_scale (/ scale) and
     # penalty = lambda * mean_i h(norms[i] - center), h(d) = d**2 (max(d, 0)**2 one-sided).
     acc_dtype: tl.constexpr = partial_ptr.dtype.element_ty
     inv_scale = _decode_f64(inv_scale_bits, acc_dtype)
     center = _decode_f64(center_bits, acc_dtype)
     lambda_gp = _decode_f64(lambda_bits, acc_dtype)
+    if HAS_SCALE:
+        loss_scale = tl.load(scale_ptr).to(acc_dtype)
     h_acc = tl.zeros((BLOCK_G,), dtype=acc_dtype)
     for g0 in range(0, G, BLOCK_G):
         # 64-bit: group * L indexes the partial buffer; kept wide like every offset here.
@@ -151,10 +163,12 @@ def _penalty_finalize_kernel(
             mask = group_mask[:, None] & (cols < L)[None, :]
             ss += tl.load(partial_ptr + groups[:, None] * L + cols[None, :], mask=mask, other=0.0)
         norms = _sqrt_ieee(tl.sum(ss, axis=1)) * inv_scale
+        if HAS_SCALE:
+            norms = _div_ieee(norms, loss_scale)
         tl.store(norms_ptr + groups, norms, mask=group_mask)
         d = norms - center
         if ONE_SIDED:
-            d = tl.maximum(d, 0.0)
+            d = _clamp_at_zero(d)
         h_acc += tl.where(group_mask, d * d, 0.0)
     penalty = lambda_gp * _div_ieee(tl.sum(h_acc, axis=0), G.to(acc_dtype))
     tl.store(penalty_ptr, penalty)
@@ -165,6 +179,7 @@ def _penalty_backward_kernel(
     grad_ptr,  # (B, D) rows of one gradient tensor, any float dtype
     norms_ptr,  # (B // pac,) fp32 (fp64 for fp64 grads)
     grad_penalty_ptr,  # () upstream gradient of the penalty, read here (no host sync)
+    scale_ptr,  # () loss scale, any float dtype, read iff HAS_SCALE
     out_ptr,  # (B, D) rows, dtype of grad, written here
     B,
     D,
@@ -173,12 +188,14 @@ def _penalty_backward_kernel(
     factor_bits,  # float64 bits of 2 * lambda * inv_scale**2 / G
     center_bits,  # float64 bits of center
     ONE_SIDED: tl.constexpr,
+    HAS_SCALE: tl.constexpr,
     BLOCK_B: tl.constexpr,
     BLOCK_D: tl.constexpr,
 ):
     # Bytes: reads B*D*sizeof(g) + (B // pac + 1)*sizeof(acc), writes B*D*sizeof(g).
-    # Derivative: dP/dg = grad_penalty * lambda/G * 2 d_i / n_i * inv_scale**2 * g with
-    # i = row // pac, d_i = n_i - center (clamped at 0 one-sided), coefficient 0 at n_i = 0.
+    # Derivative: dP/dg = d_i / n_i * u * g with u = grad_penalty * 2 lambda inv_scale**2 / G
+    # (/ scale**2), i = row // pac, d_i = n_i - center (clamped at 0 one-sided), and
+    # coefficient 0 at n_i == 0 exactly (a NaN norm gives a NaN coefficient).
     # 64-bit ids and offsets for the same reason as _penalty_sum_squares_kernel.
     acc_dtype: tl.constexpr = norms_ptr.dtype.element_ty
     rows, row_mask, mask, offsets = _row_tile(B, D, n_chunks, BLOCK_B, BLOCK_D)
@@ -186,11 +203,14 @@ def _penalty_backward_kernel(
     n = tl.load(norms_ptr + rows // pac, mask=row_mask, other=0.0)
     d = n - _decode_f64(center_bits, acc_dtype)
     if ONE_SIDED:
-        d = tl.maximum(d, 0.0)
-    positive = n > 0
-    ratio = tl.where(positive, _div_ieee(d, tl.where(positive, n, 1.0)), 0.0)
-    scale = tl.load(grad_penalty_ptr).to(acc_dtype) * _decode_f64(factor_bits, acc_dtype)
-    coef = (ratio * scale)[:, None]
+        d = _clamp_at_zero(d)
+    zero = n == 0
+    ratio = tl.where(zero, 0.0, _div_ieee(d, tl.where(zero, 1.0, n)))
+    upstream = tl.load(grad_penalty_ptr).to(acc_dtype) * _decode_f64(factor_bits, acc_dtype)
+    if HAS_SCALE:
+        loss_scale = tl.load(scale_ptr).to(acc_dtype)
+        upstream = _div_ieee(upstream, loss_scale * loss_scale)
+    coef = (ratio * upstream)[:, None]
     g = tl.load(grad_ptr + offsets, mask=mask, other=0.0).to(acc_dtype)
     tl.store(out_ptr + offsets, (coef * g).to(out_ptr.dtype.element_ty), mask=mask)
 
@@ -203,6 +223,7 @@ def _rows(t: Tensor) -> Tensor:
 
 def penalty_forward(
     grads: list[Tensor],
+    grad_scale: Tensor | None,
     inv_scale: float,
     lambda_gp: float,
     center: float,
@@ -212,7 +233,8 @@ def penalty_forward(
     """(penalty, norms) from per-sample gradients; deterministic.
 
     grads: list of (B, *) tensors, same B, dtype (fp16/bf16/fp32/fp64) and device, any
-    strides. norms[i] = ||g of group i|| * inv_scale over groups of ``pac`` consecutive
+    strides. grad_scale: None or a one-element tensor (read on the device).
+    norms[i] = ||g of group i|| * inv_scale (/ grad_scale) over groups of ``pac`` consecutive
     samples, shape (B // pac,); penalty = lambda_gp * mean h(norms - center), 0-dim. Both
     are float32 (float64 for float64 grads).
     """
@@ -239,9 +261,12 @@ def penalty_forward(
     penalty = _kernel_output(torch.empty((), dtype=acc, device=device))
     length = pac * cols
     block_l = min(triton.next_power_of_2(length), _FINALIZE_MAX_COLS)
+    scale = grad_scale.reshape(()) if grad_scale is not None else penalty
     with _on_device(partial):
         for r, d, block_b, block_d, num_warps, row_blocks, chunks, iters, col_offset in plans:
-            _penalty_sum_squares_kernel[(row_blocks * chunks,)](
+            launch(
+                _penalty_sum_squares_kernel,
+                (row_blocks * chunks,),
                 r,
                 partial,
                 b,
@@ -254,8 +279,11 @@ def penalty_forward(
                 BLOCK_D=block_d,
                 num_warps=num_warps,
             )
-        _penalty_finalize_kernel[(1,)](
+        launch(
+            _penalty_finalize_kernel,
+            (1,),
             partial,
+            scale,
             norms,
             penalty,
             groups,
@@ -264,6 +292,7 @@ def penalty_forward(
             _f64_bits(center),
             _f64_bits(lambda_gp),
             ONE_SIDED=bool(one_sided),
+            HAS_SCALE=grad_scale is not None,
             BLOCK_G=_FINALIZE_TILE // block_l,
             BLOCK_L=block_l,
             num_warps=4,
@@ -275,6 +304,7 @@ def penalty_backward(
     grad_penalty: Tensor,
     grads: list[Tensor],
     norms: Tensor,
+    grad_scale: Tensor | None,
     inv_scale: float,
     lambda_gp: float,
     center: float,
@@ -283,14 +313,14 @@ def penalty_backward(
 ) -> list[Tensor]:
     """dP/dg for every tensor of ``grads``, one pass each.
 
-    grad_penalty: 0-dim (read on the device). grads: as in ``penalty_forward``. norms:
+    grad_penalty: 0-dim (read on the device). grads, grad_scale: as in ``penalty_forward``. norms:
     (B // pac,) from ``penalty_forward``. Returns one tensor per grad, same shape and
     dtype, laid out as ``empty_like(grad)``. The coefficient is 0 where norms == 0.
     """
     groups = norms.shape[0]
     factor = 2.0 * lambda_gp * inv_scale * inv_scale / groups
-    grad_penalty = grad_penalty.to(device=norms.device)
     norms = norms.contiguous()
+    scale = grad_scale.reshape(()) if grad_scale is not None else norms
     results = []
     for g in grads:
         out = torch.empty_like(g)
@@ -300,10 +330,13 @@ def penalty_backward(
         block_b, block_d, num_warps = _tile(b, d)
         n_chunks = triton.cdiv(d, block_d)
         with _on_device(g_rows):
-            _penalty_backward_kernel[(triton.cdiv(b, block_b) * n_chunks,)](
+            launch(
+                _penalty_backward_kernel,
+                (triton.cdiv(b, block_b) * n_chunks,),
                 g_rows,
                 norms,
                 grad_penalty,
+                scale,
                 rows_view(work),
                 b,
                 d,
@@ -312,6 +345,7 @@ def penalty_backward(
                 _f64_bits(factor),
                 _f64_bits(center),
                 ONE_SIDED=bool(one_sided),
+                HAS_SCALE=grad_scale is not None,
                 BLOCK_B=block_b,
                 BLOCK_D=block_d,
                 num_warps=num_warps,
