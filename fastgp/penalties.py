@@ -226,8 +226,8 @@ def _penalty_at(
     what: str,
 ) -> Tensor | tuple[Tensor, Tensor]:
     """Differentiate the critic at ``points`` and reduce the gradients to the penalty."""
-    if torch._C._are_functorch_transforms_active():
-        grads, scale, inv_scale = _input_grads_functional(
+    if torch.compiler.is_compiling() or torch._C._are_functorch_transforms_active():
+        grads, scale, inv_scale = _input_grads_by_vjp(
             critic, points, critic_args, critic_kwargs, grad_scale
         )
     else:
@@ -276,11 +276,15 @@ def _input_grads(critic, points, critic_args, critic_kwargs, grad_scale, what):
     return grads, scale, inv_scale
 
 
-def _input_grads_functional(critic, points, critic_args, critic_kwargs, grad_scale):
-    """The input gradients inside a ``torch.func`` transform (``torch.func.grad`` over the
-    critic's parameters, say), where ``torch.autograd.grad`` cannot see the transform's
-    tensors: a ``torch.func.vjp`` at the same level, differentiable by the outer transform.
-    (A critic that ignores an input gives zeros here, not an error.)"""
+def _input_grads_by_vjp(critic, points, critic_args, critic_kwargs, grad_scale):
+    """The input gradients from ``torch.func.vjp``, differentiable by whatever is outside.
+
+    Used inside a ``torch.func`` transform (``torch.func.grad`` over the critic's parameters,
+    say), where ``torch.autograd.grad`` cannot see the transform's tensors, and inside
+    ``torch.compile``, where ``requires_grad_()`` on the points cannot be traced by every
+    supported torch (2.11 refuses it). A vjp composes with autograd, so the result carries
+    the critic's double-backward graph as ``autograd.grad(create_graph=True)`` would. (A
+    critic that ignores an input gives zeros here instead of the eager path's error.)"""
     found = {}
 
     def total_of(*xs):

@@ -296,11 +296,8 @@ def grad_scale_of(grad_scale, device: torch.device) -> tuple[Tensor | None, floa
     if grad_scale is None:
         return None, 1.0
     if isinstance(grad_scale, torch.amp.GradScaler):
-        if not grad_scale.is_enabled():
-            return None, 1.0
-        if grad_scale._get_scale_async() is None:
-            grad_scale._lazy_init_scale_growth_tracker(device)
-        return grad_scale._get_scale_async().detach().reshape(()), 1.0
+        scale = loss_scale(grad_scale, device)
+        return (None, 1.0) if scale is None else (scale, 1.0)
     if isinstance(grad_scale, Tensor):
         if not grad_scale.is_floating_point() or grad_scale.numel() != 1:
             raise TypeError(
@@ -318,16 +315,34 @@ def grad_scale_of(grad_scale, device: torch.device) -> tuple[Tensor | None, floa
     return None, 1.0 / scale
 
 
+def loss_scale(scaler: torch.amp.GradScaler, device: torch.device | str) -> Tensor | None:
+    """A ``GradScaler``'s current scale as a 0-dim tensor, without a host synchronisation.
+
+    None when the scaler is disabled. A scaler that has not scaled anything yet creates its
+    scale on ``device`` with its initial value, as ``GradScaler.scale`` would. Inside a
+    compiled step (``fastgp.compile_step``), where no ``GradScaler`` method can be traced,
+    take this tensor outside and pass it in: ``grad_scale=scale`` and ``loss * scale``.
+    """
+    if torch.compiler.is_compiling():
+        raise TypeError(
+            "`grad_scale`: a GradScaler cannot be used inside torch.compile (its methods are "
+            "not traceable); get its scale outside with fastgp.loss_scale(scaler, device) "
+            "and pass that tensor as grad_scale (and multiply the loss by it)"
+        )
+    if not scaler.is_enabled():
+        return None
+    if scaler._get_scale_async() is None:
+        scaler._lazy_init_scale_growth_tracker(torch.device(device))
+    return scaler._get_scale_async().detach().reshape(())
+
+
 def scaled_output(total: Tensor, grad_scale) -> tuple[Tensor, Tensor | None, float]:
     """``total`` times the loss scale, and ``(scale_tensor, inv_scale)`` that remove it.
 
-    A ``GradScaler`` multiplies on the device (``scaler.scale``, which also creates its
-    scale on first use), so a penalty call never synchronises with the host and a CUDA-graph
+    The scale is a tensor multiplied on the device (a ``GradScaler``'s own, see
+    ``loss_scale``), so a penalty call never synchronises with the host and a CUDA-graph
     capture of a whole step can include it.
     """
-    if isinstance(grad_scale, torch.amp.GradScaler) and grad_scale.is_enabled():
-        total = grad_scale.scale(total)
-        return (total, *grad_scale_of(grad_scale, total.device))
     scale, inv_scale = grad_scale_of(grad_scale, total.device)
     if scale is not None:
         return total * scale.to(total.dtype), scale, inv_scale
