@@ -44,7 +44,7 @@ def interpolate(
         if not isinstance(value, Tensor):
             raise TypeError(f"`{name}` must be a Tensor, got {type(value).__name__}")
     return ops.interpolate(
-        resolve_backend(backend, real.device, real.dtype),
+        resolve_backend(backend, real.device, real.dtype, torch.compiler.is_compiling()),
         real,
         fake,
         per_sample_alpha(alpha, batch_size(real, "real"), 1, real, generator),
@@ -86,7 +86,7 @@ def penalty_from_grads(
     first = grads[0]
     scale, inv_scale = grad_scale_of(grad_scale, first.device)
     value, norms = ops.penalty(
-        resolve_backend(backend, first.device, first.dtype),
+        resolve_backend(backend, first.device, first.dtype, torch.compiler.is_compiling()),
         grads,
         scale,
         inv_scale,

@@ -79,7 +79,7 @@ def gradient_penalty(
     lambda_gp = check_weight(lambda_gp, "lambda_gp")
     center = check_number(center, "center")
     first = reals[0]
-    name = resolve_backend(backend, first.device, first.dtype)
+    name = resolve_backend(backend, first.device, first.dtype, torch.compiler.is_compiling())
     a = per_sample_alpha(alpha, batch, pac, first, generator)
     points = tuple(ops.interpolate(name, r, f, a) for r, f in zip(reals, fakes, strict=True))
     return _penalty_at(
@@ -158,7 +158,7 @@ def dragan_penalty(
     center = check_number(center, "center")
     lambda_gp = check_weight(lambda_gp, "lambda_gp")
     first = reals[0]
-    name = resolve_backend(backend, first.device, first.dtype)
+    name = resolve_backend(backend, first.device, first.dtype, torch.compiler.is_compiling())
     acc = reference.accumulation_dtype(first.dtype)
     a = per_sample_alpha(alpha, batch, 1, first, generator)
     points = []
@@ -194,7 +194,7 @@ def _zero_centred(
     xs = as_tensor_tuple(x, label)
     check_inputs(xs)
     gamma = check_weight(gamma, "gamma")
-    name = resolve_backend(backend, xs[0].device, xs[0].dtype)
+    name = resolve_backend(backend, xs[0].device, xs[0].dtype, torch.compiler.is_compiling())
     return _penalty_at(
         critic,
         xs,

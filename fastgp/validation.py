@@ -345,7 +345,9 @@ def scaled_output(total: Tensor, grad_scale) -> tuple[Tensor, Tensor | None, flo
     """
     scale, inv_scale = grad_scale_of(grad_scale, total.device)
     if scale is not None:
-        return total * scale.to(total.dtype), scale, inv_scale
+        # No cast to total's dtype: a GradScaler's 2**16 is inf in fp16; the product
+        # promotes to the scale's dtype, as GradScaler.scale's does.
+        return total * scale, scale, inv_scale
     if inv_scale != 1.0:
         return total * (1.0 / inv_scale), None, inv_scale
     return total, None, 1.0

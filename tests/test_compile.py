@@ -308,3 +308,23 @@ def test_fake_kernels_match_real_outputs(dtype: torch.dtype) -> None:
             where = f"{op} ({layout}) output {i}"
             assert (f.shape, f.dtype, f.device) == (r.shape, r.dtype, r.device), where
             assert f.stride() == r.stride(), f"{where}: fake strides {f.stride()} != {r.stride()}"
+
+
+@pytest.mark.filterwarnings("ignore:Your compiler for AOTAutograd:UserWarning")
+def test_auto_under_compile_follows_the_measured_rule(fresh_selection: None) -> None:
+    """Inside torch.compile, "auto" runs AUTO_WHEN_COMPILED's choice for the device (the
+    reference formula on CPU, which Inductor can fuse), an explicit backend its kernels."""
+    from fastgp.backends import AUTO_WHEN_COMPILED
+
+    g = _randn(6, 5, seed=30, requires_grad=True)
+    code = {}
+    for backend in ("auto", "cpp"):
+        torch._dynamo.reset()
+        recorder = AotEagerAndRecordGraphs()
+        compiled = torch.compile(fastgp.penalty_from_grads, backend=recorder, fullgraph=True)
+        penalty = compiled(g, backend=backend)
+        _assert_close(penalty, fastgp.penalty_from_grads(g, backend="torch"), backend)
+        code[backend] = _graph_code(recorder.fw_graphs)
+    fused_under_auto = AUTO_WHEN_COMPILED["cpu"] != "torch"
+    assert ("fastgp.penalty_forward" in code["auto"]) == fused_under_auto
+    assert "fastgp.penalty_forward" in code["cpp"]

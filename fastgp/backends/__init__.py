@@ -7,8 +7,10 @@ Backends (``name``: what runs):
 
 ``"auto"`` picks Triton for CUDA tensors and C++ for CPU tensors, and falls back to the
 reference when the pick cannot run, with one warning that names the reason (cached per
-reason: no retry on every call). An explicitly requested backend that cannot run raises
-``BackendUnavailable`` with the underlying reason. The environment variable
+reason: no retry on every call). Inside ``torch.compile`` it picks by ``AUTO_WHEN_COMPILED``
+instead: what was measured faster inside whole compiled critic steps on that device. An
+explicitly requested backend that cannot run raises ``BackendUnavailable`` with the
+underlying reason. The environment variable
 ``FASTGP_BACKEND`` replaces ``"auto"`` (an explicit ``backend=`` argument in code wins).
 """
 
@@ -24,11 +26,22 @@ from fastgp.backends.reference import KERNEL_DTYPES
 
 BACKENDS = ("triton", "cpp", "torch")
 
+# What "auto" runs, per device type.
+AUTO = {"cuda": "triton", "cpu": "cpp"}
+# What "auto" runs inside torch.compile, per device type. Inductor cannot fuse across an
+# opaque op, but it fuses the reference formula (a handful of pointwise ops and a row
+# reduction) into the kernels of the critic's double backward around it. Measured inside
+# whole compiled critic steps (`python -m benchmarks.run`, README "Benchmarks"; CPU numbers
+# in the README's compiled-step table): on CPU the reference formula is the faster of the
+# two. CUDA has not been measured yet (no GPU was available); it keeps fastgp's Triton
+# kernels until `bash benchmarks/gpu_check.sh` measures both.
+AUTO_WHEN_COMPILED = {"cpu": "torch", "cuda": "triton"}
+
 __all__ = ["BACKENDS", "BackendUnavailable", "resolve_backend", "unavailable_reason"]
 
-# (requested, device, dtype) -> resolved backend name; filled on first use. Keyed by the
+# (requested, device, dtype, compiling) -> resolved backend name; filled on first use. Keyed by the
 # device itself: reading ``device.type`` on every call costs more than the lookup.
-_resolved: dict[tuple[str, torch.device, torch.dtype], str] = {}
+_resolved: dict[tuple[str, torch.device, torch.dtype, bool], str] = {}
 _warned: set[str] = set()
 
 
@@ -61,9 +74,15 @@ def unavailable_reason(name: str, device: torch.device, dtype: torch.dtype) -> s
 
 
 @torch.compiler.assume_constant_result
-def resolve_backend(backend: str, device: torch.device, dtype: torch.dtype) -> str:
-    """The backend that will run a call on tensors of this device and dtype."""
-    key = (backend, device, dtype)
+def resolve_backend(
+    backend: str, device: torch.device, dtype: torch.dtype, compiling: bool = False
+) -> str:
+    """The backend that will run a call on tensors of this device and dtype.
+
+    ``compiling``: the call is being traced by ``torch.compile`` (pass
+    ``torch.compiler.is_compiling()``; this function itself runs eagerly at trace time).
+    """
+    key = (backend, device, dtype, compiling)
     name = _resolved.get(key)
     if name is not None:
         return name
@@ -71,11 +90,11 @@ def resolve_backend(backend: str, device: torch.device, dtype: torch.dtype) -> s
     if requested == "auto":
         requested = os.environ.get("FASTGP_BACKEND", "auto").strip().lower() or "auto"
     if requested == "auto":
-        preferred = "triton" if device.type == "cuda" else "cpp" if device.type == "cpu" else None
+        preferred = (AUTO_WHEN_COMPILED if compiling else AUTO).get(device.type)
         if preferred is None:
             reason = f"fastgp has no fused kernel for {device.type} tensors"
         else:
-            try:
+            try:  # (None for "torch")
                 reason = unavailable_reason(preferred, device, dtype)
             except Exception as exc:  # a probe must never turn "auto" into a crash
                 reason = f"checking the {preferred} backend failed: {type(exc).__name__}: {exc}"
