@@ -72,3 +72,53 @@ def result_stem(info: dict[str, object]) -> str:
         str(info["date_utc"])[:10],
     ]
     return "_".join(parts)
+
+
+def nvidia_driver_version() -> str | None:
+    """The NVIDIA driver version (``nvidia-smi``, e.g. ``580.159.04``), or None without one."""
+    import subprocess
+
+    try:
+        out = subprocess.run(
+            ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=True,
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    lines = [line.strip() for line in out.splitlines() if line.strip()]
+    return lines[0] if lines else None
+
+
+def triton_version() -> str | None:
+    """Triton's version, or None when it is not installed."""
+    try:
+        import triton
+    except ImportError:
+        return None
+    return triton.__version__
+
+
+def gpu_info(device: torch.device) -> dict[str, object]:
+    """GPU, driver, CUDA and Triton versions (the GPU's properties are None off CUDA)."""
+    info: dict[str, object] = {
+        "cuda": torch.version.cuda,
+        "driver": nvidia_driver_version(),
+        "triton": triton_version(),
+        "gpu_count": torch.cuda.device_count() if torch.cuda.is_available() else 0,
+        "gpu_capability": None,
+        "gpu_multiprocessors": None,
+        "gpu_memory_bytes": None,
+        "gpu_l2_bytes": None,
+    }
+    if device.type == "cuda":
+        props = torch.cuda.get_device_properties(device)
+        info.update(
+            gpu_capability=f"{props.major}.{props.minor}",
+            gpu_multiprocessors=props.multi_processor_count,
+            gpu_memory_bytes=props.total_memory,
+            gpu_l2_bytes=getattr(props, "L2_cache_size", None),
+        )
+    return info

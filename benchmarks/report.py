@@ -15,8 +15,15 @@ import json
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+from benchmarks.cases import OpCase, counted_bytes
 from benchmarks.timing import Timing
+
+if TYPE_CHECKING:
+    import torch
+
+    from benchmarks.critic_step import StepCase
 
 FIELDS = (
     "kind",  # "op" (microbenchmark) or "step" (whole critic step)
@@ -56,6 +63,53 @@ def timing_fields(t: Timing) -> dict[str, object]:
         "repeats": t.repeats,
         "calls_per_sample": t.calls_per_sample,
         "timer": t.method,
+    }
+
+
+def op_row(
+    case: OpCase, provider: str, dtype: torch.dtype, backend: str | None, timing: Timing
+) -> dict[str, object]:
+    """The row of one microbenchmark measurement (ratios are added by ``add_ratios``)."""
+    return {
+        "kind": "op",
+        "op": case.op,
+        "mode": case.mode,
+        "case": case.name,
+        "batch": case.batch,
+        "sample_shape": "x".join(map(str, case.sample_shape)),
+        "elements": case.elements,
+        "dtype": str(dtype).removeprefix("torch."),
+        "provider": provider,
+        "backend": backend,
+        "bytes": counted_bytes(case, dtype.itemsize),
+        **timing_fields(timing),
+    }
+
+
+def step_row(
+    case: StepCase,
+    provider: str,
+    backend: str | None,
+    timing: Timing,
+    peak: int | None,
+    memory_method: str | None,
+) -> dict[str, object]:
+    """The row of one whole critic step (float32) measurement."""
+    return {
+        "kind": "step",
+        "op": "critic_step",
+        "mode": "step",
+        "case": case.name,
+        "arch": case.arch,
+        "batch": case.batch,
+        "sample_shape": "x".join(map(str, case.sample_shape)),
+        "elements": case.elements,
+        "dtype": "float32",
+        "provider": provider,
+        "backend": backend,
+        "peak_bytes": peak,
+        "memory_method": memory_method,
+        **timing_fields(timing),
     }
 
 
@@ -131,14 +185,17 @@ TARGETS = (
 )  # fmt: skip
 
 
-def evaluate_targets(rows: Iterable[dict[str, object]]) -> list[dict[str, object]]:
+def evaluate_targets(
+    rows: Iterable[dict[str, object]], targets: tuple[Target, ...] = TARGETS
+) -> list[dict[str, object]]:
     """For each target: how many measured cases it covers, which missed, and the worst value.
 
     ``met`` is None when the run measured no case the target covers (e.g. ``--quick``).
+    ``targets``: issue 4's (the CPU suite's) unless another list is given.
     """
     rows = list(rows)
     results = []
-    for target in TARGETS:
+    for target in targets:
         checked = [r for r in rows if target.selects(r) and r.get(target.field) is not None]
         values = [(str(r["case"]), float(r[target.field])) for r in checked]
         ok = [
@@ -176,15 +233,23 @@ def write_json(path: Path, machine: dict, config: dict, rows: list, targets: lis
     path.write_text(json.dumps(payload, indent=1, sort_keys=False) + "\n", encoding="utf-8")
 
 
-def write_csv(path: Path, machine: dict, rows: list[dict[str, object]]) -> None:
+MACHINE_FIELDS = ("hostname", "cpu_model", "gpu", "device", "threads", "torch", "date_utc")
+
+
+def write_csv(
+    path: Path,
+    machine: dict,
+    rows: list[dict[str, object]],
+    machine_fields: tuple[str, ...] = MACHINE_FIELDS,
+    fields: tuple[str, ...] = FIELDS,
+) -> None:
     """One row per measurement; the machine columns repeat so files can be concatenated."""
-    machine_fields = ("hostname", "cpu_model", "gpu", "device", "threads", "torch", "date_utc")
     with path.open("w", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, fieldnames=machine_fields + FIELDS)
+        writer = csv.DictWriter(f, fieldnames=machine_fields + fields)
         writer.writeheader()
         for row in rows:
             out = {k: machine.get(k) for k in machine_fields}
-            out.update({k: row.get(k) for k in FIELDS})
+            out.update({k: row.get(k) for k in fields})
             writer.writerow(out)
 
 
@@ -192,7 +257,11 @@ def _fmt(value: object, spec: str) -> str:
     return "–" if value is None else format(value, spec)
 
 
-def markdown_tables(rows: list[dict[str, object]], targets: list[dict[str, object]]) -> str:
+def markdown_tables(
+    rows: list[dict[str, object]],
+    targets: list[dict[str, object]],
+    target_title: str = "issue-4 target",
+) -> str:
     """The summary printed by ``python -m benchmarks.run``: ops, steps, targets."""
     lines: list[str] = []
     ops = [r for r in rows if r["kind"] == "op"]
@@ -247,7 +316,7 @@ def markdown_tables(rows: list[dict[str, object]], targets: list[dict[str, objec
     if targets:
         lines += [
             "",
-            "| issue-4 target | cases met | worst (case) | one op × eager there |",
+            f"| {target_title} | cases met | worst (case) | one op × eager there |",
             "|---|---:|---|---:|",
         ]
         for t in targets:

@@ -136,20 +136,7 @@ def run_op_cases(
         fns = {name: providers.op_callable(case, name, sets, backend) for name in names}
         timings = time_competitors(fns, device, config)
         case_rows = [
-            {
-                "kind": "op",
-                "op": case.op,
-                "mode": case.mode,
-                "case": case.name,
-                "batch": case.batch,
-                "sample_shape": "x".join(map(str, case.sample_shape)),
-                "elements": case.elements,
-                "dtype": str(dtype).removeprefix("torch."),
-                "provider": name,
-                "backend": resolved if name == "fastgp" else None,
-                "bytes": cases_mod.counted_bytes(case, dtype.itemsize),
-                **report.timing_fields(timings[name]),
-            }
+            report.op_row(case, name, dtype, resolved if name == "fastgp" else None, timings[name])
             for name in names
         ]
         report.add_ratios(case_rows)
@@ -178,24 +165,8 @@ def run_step_cases(
         case_rows = []
         for name in names:
             peak, method = memory.peak_bytes(lambda fn=fns[name]: fn(0), device)
-            case_rows.append(
-                {
-                    "kind": "step",
-                    "op": "critic_step",
-                    "mode": "step",
-                    "case": case.name,
-                    "arch": case.arch,
-                    "batch": case.batch,
-                    "sample_shape": "x".join(map(str, case.sample_shape)),
-                    "elements": case.elements,
-                    "dtype": "float32",
-                    "provider": name,
-                    "backend": resolved if name == "fastgp" else None,
-                    "peak_bytes": peak,
-                    "memory_method": method,
-                    **report.timing_fields(timings[name]),
-                }
-            )
+            backend_ran = resolved if name == "fastgp" else None
+            case_rows.append(report.step_row(case, name, backend_ran, timings[name], peak, method))
         report.add_ratios(case_rows)
         rows += case_rows
         summary = ", ".join(f"{r['provider']} {r['median_ms']:.4g} ms" for r in case_rows)
