@@ -89,6 +89,15 @@ def counted_bytes(case: OpCase, element_size: int) -> int:
     return passes * n * element_size + 4 * b
 
 
+def largest_output_bytes(case: OpCase, element_size: int) -> int:
+    """Bytes of the largest tensor fastgp allocates for ``case``: one (B, *) tensor (x̂, an
+    input gradient, dP/dg) except in penalty fwd, whose outputs are the penalty and the
+    (B,) fp32 norms. What decides whether fastgp's CPU output cache can serve the case."""
+    if (case.op, case.mode) == ("penalty", "fwd"):
+        return 4 * case.batch
+    return case.elements * element_size
+
+
 def size_grid(quick: bool, large: bool = True) -> list[tuple[int, tuple[int, ...]]]:
     """(batch, sample_shape) pairs: issue 4's grid (+ the >= 16M case), or the quick one."""
     if quick:

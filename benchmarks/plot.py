@@ -14,6 +14,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 PROVIDER_STYLE = {
     "compile": ("tab:orange", "s", "torch.compile"),
     "fastgp": ("tab:blue", "o", "fastgp"),
+    "fastgp_cache": ("tab:purple", "D", "fastgp, CPU output cache on"),
     "copy": ("tab:gray", "^", "copy (speed of light)"),
     "one_op": ("tab:green", "v", "one PyTorch op (floor)"),
 }

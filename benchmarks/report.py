@@ -35,8 +35,9 @@ FIELDS = (
     "sample_shape",
     "elements",
     "dtype",
-    "provider",  # eager | compile | fastgp | copy | one_op
+    "provider",  # eager | compile | fastgp | fastgp_cache | copy | one_op
     "backend",  # the fastgp backend that ran (fastgp rows only)
+    "cpu_output_cache",  # fastgp's C++ CPU output cache for this row (fastgp rows only)
     "median_ms",
     "p20_ms",
     "p80_ms",
@@ -67,9 +68,15 @@ def timing_fields(t: Timing) -> dict[str, object]:
 
 
 def op_row(
-    case: OpCase, provider: str, dtype: torch.dtype, backend: str | None, timing: Timing
+    case: OpCase,
+    provider: str,
+    dtype: torch.dtype,
+    backend: str | None,
+    timing: Timing,
+    cpu_output_cache: str | None = None,
 ) -> dict[str, object]:
-    """The row of one microbenchmark measurement (ratios are added by ``add_ratios``)."""
+    """The row of one microbenchmark measurement (ratios are added by ``add_ratios``);
+    ``cpu_output_cache``: the C++ output-cache setting it ran with (None: not applicable)."""
     return {
         "kind": "op",
         "op": case.op,
@@ -81,6 +88,7 @@ def op_row(
         "dtype": str(dtype).removeprefix("torch."),
         "provider": provider,
         "backend": backend,
+        "cpu_output_cache": cpu_output_cache,
         "bytes": counted_bytes(case, dtype.itemsize),
         **timing_fields(timing),
     }
@@ -93,6 +101,7 @@ def step_row(
     timing: Timing,
     peak: int | None,
     memory_method: str | None,
+    cpu_output_cache: str | None = None,
 ) -> dict[str, object]:
     """The row of one whole critic step (float32) measurement."""
     return {
@@ -107,6 +116,7 @@ def step_row(
         "dtype": "float32",
         "provider": provider,
         "backend": backend,
+        "cpu_output_cache": cpu_output_cache,
         "peak_bytes": peak,
         "memory_method": memory_method,
         **timing_fields(timing),
@@ -265,17 +275,27 @@ def markdown_tables(
     """The summary printed by ``python -m benchmarks.run``: ops, steps, targets."""
     lines: list[str] = []
     ops = [r for r in rows if r["kind"] == "op"]
+    # fastgp with the CPU output cache on (`--cpu-cache both`), where it was measured.
+    cached = any(r["provider"] == "fastgp_cache" for r in ops)
     if ops:
         lines += [
             "| op | mode | shape | eager ms | compile ms | fastgp ms | copy ms | fastgp GB/s "
-            "| % of copy | × eager | × compile | one op × eager |",
-            "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+            "| % of copy | × eager | × compile | one op × eager |"
+            + (" fastgp cache ms | cache % of copy |" if cached else ""),
+            "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+            + ("---:|---:|" if cached else ""),
         ]
         for case in dict.fromkeys(r["case"] for r in ops):
             by = {r["provider"]: r for r in ops if r["case"] == case}
             ours = by.get("fastgp", {})
             first = next(iter(by.values()))
             frac = ours.get("frac_of_copy")
+            with_cache = by.get("fastgp_cache", {})
+            cache_frac = with_cache.get("frac_of_copy")
+            cache_cells = (
+                f" {_fmt(with_cache.get('median_ms'), '.4g')} "
+                f"| {_fmt(None if cache_frac is None else 100 * cache_frac, '.0f')} |"
+            )
             lines.append(
                 f"| {first['op']} | {first['mode']} | {first['batch']}×{first['sample_shape']} "
                 + "".join(
@@ -287,6 +307,7 @@ def markdown_tables(
                 f"| {_fmt(ours.get('speedup_vs_eager'), '.2f')} "
                 f"| {_fmt(ours.get('speedup_vs_compile'), '.2f')} "
                 f"| {_fmt(first.get('one_op_speedup_vs_eager'), '.2f')} |"
+                + (cache_cells if cached else "")
             )
     steps = [r for r in rows if r["kind"] == "step"]
     if steps:

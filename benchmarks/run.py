@@ -35,6 +35,13 @@ OP_TIMING_QUICK = TimingConfig(warmup_s=0.0, min_warmup=2, min_time_s=0.01, min_
 # dozens of samples: their medians differ by less than the spread of three.
 STEP_TIMING = TimingConfig(warmup_s=0.0, min_warmup=1, min_time_s=1.0, min_repeats=3)
 STEP_TIMING_QUICK = TimingConfig(warmup_s=0.0, min_warmup=1, min_time_s=0.0, min_repeats=2)
+# fastgp's C++ CPU output cache (csrc/fastgp_output_cache.h) is off by default; `--cpu-cache
+# on` runs the `fastgp` provider with this limit, `both` adds `fastgp_cache` rows with it.
+# 1 GiB holds the outputs of the largest case (x̂ and two input gradients of 16.8M fp32
+# elements: 192 MiB) several times over.
+CPU_CACHE_MODES = ("off", "on", "both")
+CPU_CACHE_ON_MB = 1024
+CACHED_PROVIDER = "fastgp_cache"
 
 
 def l3_bytes() -> int | None:
@@ -94,6 +101,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--providers", default=",".join(providers.PROVIDERS), help="eager,compile,fastgp,copy"
     )
+    p.add_argument(
+        "--cpu-cache",
+        choices=CPU_CACHE_MODES,
+        default="both",
+        help=(
+            "fastgp's C++ CPU output cache: off (the library's default), on "
+            f"({CPU_CACHE_ON_MB} MiB), or both: `fastgp` with it off, plus `{CACHED_PROVIDER}` "
+            "rows with it on for the cases whose outputs it can serve"
+        ),
+    )
     p.add_argument("--min-time", type=float, default=None, help="seconds per provider and case")
     p.add_argument("--min-repeats", type=int, default=None, help="samples per provider and case")
     p.add_argument(
@@ -115,6 +132,32 @@ def timing_config(base: TimingConfig, args: argparse.Namespace) -> TimingConfig:
     return dataclasses.replace(base, **changes)
 
 
+def set_cpu_cache(on: bool) -> str:
+    """Turn fastgp's C++ CPU output cache on (``CPU_CACHE_ON_MB``) or off (which also returns
+    the buffers it holds); returns the setting as the extension words it."""
+    from fastgp.backends import cpp
+
+    cpp.set_output_cache_limit(CPU_CACHE_ON_MB << 20 if on else 0)
+    return cpp.output_cache_setting()
+
+
+def apply_cpu_cache(
+    mode: str, device: torch.device, resolved: str
+) -> tuple[dict[str, str], int | None]:
+    """Set fastgp's C++ CPU output cache for ``--cpu-cache mode``; returns the setting each
+    fastgp provider runs with (recorded in the results) and, for ``both``, the smallest
+    output the cache serves (the cases that get ``fastgp_cache`` rows), else None."""
+    if device.type != "cpu" or resolved != "cpp":
+        return {"fastgp": f"not used (backend {resolved} on {device.type})"}, None
+    from fastgp.backends import cpp
+
+    settings = {"fastgp": set_cpu_cache(mode == "on")}
+    if mode != "both":
+        return settings, None
+    settings[CACHED_PROVIDER] = cpp.describe_output_cache_limit(CPU_CACHE_ON_MB << 20)
+    return settings, cpp.output_cache_info()["min_bytes"]
+
+
 def log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
@@ -128,22 +171,49 @@ def run_op_cases(
     resolved: str,
     rotate_bytes: int,
     config: TimingConfig,
+    cache_settings: dict[str, str],
+    cached_min_bytes: int | None,
 ) -> list[dict[str, object]]:
+    """One row per case and provider; with ``cached_min_bytes``, also a ``fastgp_cache`` row
+    (``fastgp`` with the CPU output cache on) for each case whose largest fastgp output is
+    at least that large. The cache's setting is process-wide, so that row is timed right
+    after the case's interleaved providers rather than among them."""
     rows: list[dict[str, object]] = []
     for case in op_cases:
         start = time.perf_counter()
         sets = providers.input_sets(case, dtype, device, rotate_bytes)
         fns = {name: providers.op_callable(case, name, sets, backend) for name in names}
         timings = time_competitors(fns, device, config)
+        measured = list(names)
+        if (
+            cached_min_bytes is not None
+            and "fastgp" in fns
+            and cases_mod.largest_output_bytes(case, dtype.itemsize) >= cached_min_bytes
+        ):
+            set_cpu_cache(True)
+            try:
+                cached = time_competitors({CACHED_PROVIDER: fns["fastgp"]}, device, config)
+            finally:
+                set_cpu_cache(False)
+            timings.update(cached)
+            measured.append(CACHED_PROVIDER)
         case_rows = [
-            report.op_row(case, name, dtype, resolved if name == "fastgp" else None, timings[name])
-            for name in names
+            report.op_row(
+                case,
+                name,
+                dtype,
+                resolved if name in ("fastgp", CACHED_PROVIDER) else None,
+                timings[name],
+                cache_settings.get(name),
+            )
+            for name in measured
         ]
         report.add_ratios(case_rows)
         rows += case_rows
         del sets, fns
         summary = ", ".join(f"{r['provider']} {r['median_ms']:.4g} ms" for r in case_rows)
-        log(f"{case.name} ({len(names)} providers, {time.perf_counter() - start:.1f} s): {summary}")
+        seconds = time.perf_counter() - start
+        log(f"{case.name} ({len(measured)} providers, {seconds:.1f} s): {summary}")
     return rows
 
 
@@ -154,6 +224,7 @@ def run_step_cases(
     backend: str,
     resolved: str,
     config: TimingConfig,
+    cache_settings: dict[str, str],
 ) -> list[dict[str, object]]:
     rows: list[dict[str, object]] = []
     for case in step_cases:
@@ -166,7 +237,11 @@ def run_step_cases(
         for name in names:
             peak, method = memory.peak_bytes(lambda fn=fns[name]: fn(0), device)
             backend_ran = resolved if name == "fastgp" else None
-            case_rows.append(report.step_row(case, name, backend_ran, timings[name], peak, method))
+            case_rows.append(
+                report.step_row(
+                    case, name, backend_ran, timings[name], peak, method, cache_settings.get(name)
+                )
+            )
         report.add_ratios(case_rows)
         rows += case_rows
         summary = ", ".join(f"{r['provider']} {r['median_ms']:.4g} ms" for r in case_rows)
@@ -212,19 +287,26 @@ def main(argv: list[str] | None = None) -> int:
     info["fastgp_backend"] = resolved
     op_config = timing_config(OP_TIMING_QUICK if args.quick else OP_TIMING, args)
     step_config = timing_config(STEP_TIMING_QUICK if args.quick else STEP_TIMING, args)
+    cache_settings, cached_min_bytes = apply_cpu_cache(args.cpu_cache, device, resolved)
+    info["cpu_output_cache"] = cache_settings
+    cache_text = ", ".join(f"{name} {text}" for name, text in cache_settings.items())
     log(
         f"{info['cpu_model']} | {device.type} | {args.threads} threads | torch {info['torch']} "
-        f"| fastgp backend {resolved} | {len(sizes)} sizes, {len(step_cases)} critic steps"
+        f"| fastgp backend {resolved} | CPU output cache: {cache_text} "
+        f"| {len(sizes)} sizes, {len(step_cases)} critic steps"
     )
 
     began = time.perf_counter()
     op_cases = cases_mod.op_cases(sizes, ops, modes)
     rows = run_op_cases(
-        op_cases, names, dtype, device, args.backend, resolved, rotate_bytes, op_config
-    )
+        op_cases, names, dtype, device, args.backend, resolved, rotate_bytes, op_config,
+        cache_settings, cached_min_bytes,
+    )  # fmt: skip
     step_names = tuple(n for n in names if n in critic_step.STEP_PROVIDERS)
     if step_cases and step_names:
-        rows += run_step_cases(step_cases, step_names, device, args.backend, resolved, step_config)
+        rows += run_step_cases(
+            step_cases, step_names, device, args.backend, resolved, step_config, cache_settings
+        )
     targets = report.evaluate_targets(rows)
     info["loadavg_1m_end"] = round(os.getloadavg()[0], 2)
 
@@ -237,6 +319,7 @@ def main(argv: list[str] | None = None) -> int:
         "backend_requested": args.backend,
         "backend": resolved,
         "providers": list(names),
+        "cpu_cache": args.cpu_cache,
         "rotate_bytes": rotate_bytes,
         "op_timing": dataclasses.asdict(op_config),
         "step_timing": dataclasses.asdict(step_config),
@@ -254,7 +337,8 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"Machine: {info['cpu_model']} ({info['logical_cpus']} logical CPUs), {device.type}, "
         f"{args.threads} threads, torch {info['torch']}, fastgp backend `{resolved}`, "
-        f"{args.dtype}; 1-min load average {info['loadavg_1m_start']} at the start, "
+        f"{args.dtype}; fastgp's CPU output cache: {cache_text}; 1-min load average "
+        f"{info['loadavg_1m_start']} at the start, "
         f"{info['loadavg_1m_end']} at the end; times are medians in ms."
     )
     print()

@@ -54,10 +54,6 @@
 #include "fastgp_kernels.h"
 #include "fastgp_output_cache.h"
 
-#if defined(__linux__)
-#include <sys/mman.h>
-#endif
-
 namespace fastgp {
 namespace {
 
@@ -88,26 +84,16 @@ void poison(const at::Tensor& t) {
 // aligned middle of the buffer removes most of that cost where THP is in "madvise" mode. It
 // is only a hint: the memory stays PyTorch's, and a refusal changes nothing.
 void prefer_huge_pages(const at::Tensor& t) {
-#if defined(__linux__) && defined(MADV_HUGEPAGE)
-  constexpr uintptr_t kHugePage = uintptr_t(2) << 20;
-  const uintptr_t bytes = static_cast<uintptr_t>(t.nbytes());
-  if (bytes < 4 * kHugePage) {
-    return;
+  const size_t bytes = t.nbytes();
+  if (bytes >= 4 * kHugePage) {
+    advise_huge_pages(t.data_ptr(), bytes);
   }
-  const auto begin = reinterpret_cast<uintptr_t>(t.data_ptr());
-  const uintptr_t first = (begin + kHugePage - 1) & ~(kHugePage - 1);
-  const uintptr_t last = (begin + bytes) & ~(kHugePage - 1);
-  if (last > first) {
-    (void)madvise(reinterpret_cast<void*>(first), last - first, MADV_HUGEPAGE);
-  }
-#else
-  (void)t;
-#endif
 }
 
 // An output laid out as at::empty_like(like) (the layout the contract promises). Large
-// dense outputs come from the output cache (fastgp_output_cache.h): memory whose pages are
-// already resident, where a fresh allocation would fault in and zero every page first.
+// dense outputs come from the output cache (fastgp_output_cache.h) when it is on: memory
+// whose pages are already resident, where a fresh allocation would fault in and zero every
+// page first.
 at::Tensor new_output_like(const at::Tensor& like) {
   OutputCache& cache = OutputCache::get();
   const size_t bytes = static_cast<size_t>(like.numel()) * like.element_size();
@@ -608,6 +594,18 @@ int64_t output_cache_limit() {
   return OutputCache::get().limit_bytes();
 }
 
+int64_t output_cache_requests() {
+  return OutputCache::get().requests();
+}
+
+int64_t output_cache_min_bytes() {
+  return static_cast<int64_t>(OutputCache::kMinCachedBytes);
+}
+
+int64_t output_cache_max_idle_requests() {
+  return static_cast<int64_t>(OutputCache::kMaxIdleRequests);
+}
+
 void set_output_cache_limit(int64_t bytes) {
   TORCH_CHECK(bytes >= 0, "fastgp: the output cache limit must be >= 0 bytes, got ", bytes);
   OutputCache::get().set_limit(static_cast<size_t>(bytes));
@@ -638,6 +636,9 @@ TORCH_LIBRARY(fastgp_cpp, m) {
   m.def("debug_poison() -> bool", &fastgp::debug_poison);
   m.def("output_cache_bytes() -> int", &fastgp::output_cache_bytes);
   m.def("output_cache_limit() -> int", &fastgp::output_cache_limit);
+  m.def("output_cache_requests() -> int", &fastgp::output_cache_requests);
+  m.def("output_cache_min_bytes() -> int", &fastgp::output_cache_min_bytes);
+  m.def("output_cache_max_idle_requests() -> int", &fastgp::output_cache_max_idle_requests);
   m.def("set_output_cache_limit(int bytes) -> ()", &fastgp::set_output_cache_limit);
   m.def("empty_output_cache() -> ()", &fastgp::empty_output_cache);
 }

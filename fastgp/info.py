@@ -69,12 +69,17 @@ def main(argv: list[str] | None = None) -> int:
         print("cuda: no device")
     print(
         f"TRITON_INTERPRET={os.environ.get('TRITON_INTERPRET', '')!s} "
-        f"FASTGP_BACKEND={os.environ.get('FASTGP_BACKEND', '')!s}"
+        f"FASTGP_BACKEND={os.environ.get('FASTGP_BACKEND', '')!s} "
+        f"FASTGP_CPU_CACHE_MB={os.environ.get('FASTGP_CPU_CACHE_MB', '')!s}"
     )
     print()
     print("backend  device  status")
     for name, device, status in backend_report(build=not args.no_build):
         print(f"{name:<8} {device:<7} {status}")
+    from fastgp.backends import cpp
+
+    print()
+    print(f"C++ CPU output cache: {cpp.output_cache_setting()}")
     if not args.no_build:
         print()
         for device in ["cpu"] + (["cuda"] if torch.cuda.is_available() else []):

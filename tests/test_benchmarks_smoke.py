@@ -71,6 +71,10 @@ def test_json_and_csv_schema(smoke_run):
     assert all(r["peak_bytes"] > 0 and r["memory_method"] for r in steps)
     fastgp_rows = [r for r in rows if r["provider"] == "fastgp"]
     assert all(r["backend"] == payload["config"]["backend"] for r in fastgp_rows)
+    # Every fastgp row says which CPU output cache setting it ran with, as the machine
+    # section does; tiny sizes get no `fastgp_cache` rows (the cache serves >= 4 MiB).
+    setting = payload["machine"]["cpu_output_cache"]["fastgp"]
+    assert all(r["cpu_output_cache"] == setting for r in fastgp_rows)
     assert len(payload["targets"]) == len(report.TARGETS)
 
 
@@ -108,6 +112,40 @@ def test_targets_follow_the_rows(smoke_run):
     assert step["worst_value"] == pytest.approx(ratio)
     large = by_text["norm+penalty fwd+bwd >= 16M elements: >= 70% of copy bandwidth"]
     assert large["cases"] == 0 and large["met"] is None
+
+
+@pytest.mark.usefixtures("cpp_built")
+def test_cpu_cache_both_adds_cache_on_rows_for_cases_the_cache_serves(tmp_path):
+    argv = [
+        "--out-dir", str(tmp_path),
+        "--device", "cpu",
+        "--threads", "1",
+        "--backend", "cpp",
+        "--sizes", "1x1048576,4x1000",  # 4 MiB of fp32 (the cache's threshold), and tiny
+        "--ops", "interpolate",
+        "--modes", "fwd",
+        "--providers", "eager,fastgp,copy",
+        "--steps", "none",
+        "--cpu-cache", "both",
+        "--min-time", "0",
+        "--min-repeats", "2",
+        "--rotate-mb", "0",
+    ]  # fmt: skip
+    assert run.main(argv) == 0
+    (json_path,) = tmp_path.glob("*.json")
+    payload = json.loads(json_path.read_text())
+    assert payload["machine"]["cpu_output_cache"] == {
+        "fastgp": "off",
+        "fastgp_cache": f"on, limit {run.CPU_CACHE_ON_MB} MiB",
+    }
+    providers = {(r["case"], r["provider"]): r for r in payload["rows"]}
+    cached = providers[("interpolate-fwd-1x1048576", "fastgp_cache")]
+    assert cached["cpu_output_cache"] == payload["machine"]["cpu_output_cache"]["fastgp_cache"]
+    assert cached["frac_of_copy"] == pytest.approx(
+        providers[("interpolate-fwd-1x1048576", "copy")]["median_ms"] / cached["median_ms"]
+    )
+    assert ("interpolate-fwd-4x1000", "fastgp_cache") not in providers
+    assert providers[("interpolate-fwd-4x1000", "fastgp")]["cpu_output_cache"] == "off"
 
 
 def test_counted_bytes():
