@@ -227,7 +227,7 @@ except BackendUnavailable as exc:
     raise SystemExit(0)
 g = torch.randn(4, 3, generator=torch.Generator().manual_seed(0))
 penalty = functional.penalty_from_grads(g, backend="cpp")  # raises if cpp is not usable
-expected, _ = reference.penalty_forward([g], 1.0, 10.0, 1.0, False, 1)
+expected, _ = reference.penalty_forward([g], None, 1.0, 10.0, 1.0, False, 1)
 print(json.dumps({
     "status": info["status"],
     "library": info["library"],
