@@ -120,8 +120,12 @@ def make_input(
     layout: str = "contiguous",
     requires_grad: bool = False,
     scale: float = 1.0,
+    device: torch.device | str = "cpu",
 ) -> Tensor:
     """``scale`` times a standard-normal (B, *) tensor in one of several memory layouts.
+
+    The values are drawn on CPU from ``seed`` (the same on every device) and then moved to
+    ``device``, where the layout is made.
 
     layout: ``"contiguous"``; ``"channels_last"`` (4-D only); ``"transposed"`` (the last two
     dims swapped through a transpose, so the tensor is a non-contiguous view; needs 3+
@@ -136,7 +140,7 @@ def make_input(
     gen = torch.Generator().manual_seed(seed)
 
     def normal(size):
-        return (torch.randn(size, generator=gen, dtype=torch.float64) * scale).to(dtype)
+        return (torch.randn(size, generator=gen, dtype=torch.float64) * scale).to(device, dtype)
 
     if layout == "contiguous":
         t = normal(shape)

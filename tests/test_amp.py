@@ -1,4 +1,5 @@
-"""Mixed precision on CPU: GradScaler scales are removed inside the norm; autocast works."""
+"""Mixed precision: GradScaler scales are removed inside the norm; autocast works (on the
+backend's device: CPU, or CUDA with FASTGP_TEST_DEVICE=cuda)."""
 
 from __future__ import annotations
 
@@ -19,15 +20,16 @@ import fastgp
 F32 = TOLERANCES[torch.float32]
 
 
-def _scaler(scale: float = 2.0**12) -> torch.amp.GradScaler:
-    return torch.amp.GradScaler("cpu", init_scale=scale)
+def _scaler(device: torch.device, scale: float = 2.0**12) -> torch.amp.GradScaler:
+    return torch.amp.GradScaler(device.type, init_scale=scale)
 
 
-def _setup(batch=5, dim=6, seed=0):
+def _setup(device, batch=5, dim=6, seed=0):
     torch.manual_seed(seed)
-    critic = MLPCritic(dim)
-    real, fake = make_input((batch, dim), seed=1), make_input((batch, dim), seed=2)
-    alpha = torch.rand(batch, generator=torch.Generator().manual_seed(3))
+    critic = MLPCritic(dim).to(device)
+    real = make_input((batch, dim), seed=1, device=device)
+    fake = make_input((batch, dim), seed=2, device=device)
+    alpha = torch.rand(batch, generator=torch.Generator().manual_seed(3)).to(device)
     return critic, real, fake, alpha
 
 
@@ -38,9 +40,9 @@ def _run(critic, compute):
     return penalty.detach(), param_grads(critic)
 
 
-def test_grad_scaler_is_unscaled(backend):
-    critic, real, fake, alpha = _setup()
-    scaler = _scaler()
+def test_grad_scaler_is_unscaled(backend, device):
+    critic, real, fake, alpha = _setup(device)
+    scaler = _scaler(device)
     scaled = _run(
         critic,
         lambda: fastgp.gradient_penalty(
@@ -55,10 +57,10 @@ def test_grad_scaler_is_unscaled(backend):
         assert_close_report(a, b, 10 * F32[0], 10 * F32[1], what=f"parameter {i} grad")
 
 
-def test_grad_scaler_training_step(backend):
+def test_grad_scaler_training_step(backend, device):
     """The usual AMP step: scale the loss, backward, unscale: the same gradients as fp32."""
-    critic, real, fake, alpha = _setup(seed=1)
-    scaler = _scaler(2.0**10)
+    critic, real, fake, alpha = _setup(device, seed=1)
+    scaler = _scaler(device, 2.0**10)
     optimizer = torch.optim.SGD(critic.parameters(), lr=0.1)
     optimizer.zero_grad(set_to_none=True)
     penalty = fastgp.gradient_penalty(
@@ -73,13 +75,13 @@ def test_grad_scaler_training_step(backend):
         assert_close_report(a, b, 10 * F32[0], 10 * F32[1], what=f"parameter {i} grad")
 
 
-def test_scale_rescues_fp16_gradients_that_would_underflow(backend):
+def test_scale_rescues_fp16_gradients_that_would_underflow(backend, device):
     """fp16 gradients ~1e-7 are subnormal and lose most bits; scaled by 2**16 they keep them."""
-    exact = make_input((4, 64), torch.float64, seed=4, scale=1e-7)
+    exact = make_input((4, 64), torch.float64, seed=4, scale=1e-7, device=device)
     exact_norms = exact.norm(dim=1)
     scaled = (exact * 2.0**16).half()
     _, norms = fastgp.penalty_from_grads(
-        scaled, center=0.0, grad_scale=_scaler(2.0**16), return_norms=True, backend=backend
+        scaled, center=0.0, grad_scale=_scaler(device, 2.0**16), return_norms=True, backend=backend
     )
     assert_close_report(norms, exact_norms.float(), 0, 2e-3, what="norms of scaled fp16")
     _, unscaled_norms = fastgp.penalty_from_grads(
@@ -90,20 +92,20 @@ def test_scale_rescues_fp16_gradients_that_would_underflow(backend):
 
 
 @pytest.mark.parametrize("dtype", (torch.bfloat16, torch.float16), ids=str)
-def test_autocast(backend, dtype):
-    critic, real, fake, alpha = _setup(batch=6, dim=8, seed=2)
-    with torch.autocast("cpu", dtype=dtype):
+def test_autocast(backend, device, dtype):
+    critic, real, fake, alpha = _setup(device, batch=6, dim=8, seed=2)
+    with torch.autocast(device.type, dtype=dtype):
         fast = _run(
             critic,
             lambda: fastgp.gradient_penalty(
-                critic, real, fake, alpha=alpha, grad_scale=_scaler(), backend=backend
+                critic, real, fake, alpha=alpha, grad_scale=_scaler(device), backend=backend
             ),
         )
         same_precision = _run(
             critic, lambda: classic_gradient_penalty(critic, real, fake, alpha, 10.0)
         )
     assert fast[0].dtype == torch.float32
-    critic64 = MLPCritic(8).double()
+    critic64 = MLPCritic(8).to(device, torch.float64)
     critic64.load_state_dict(critic.state_dict())
     exact = _run(
         critic64,

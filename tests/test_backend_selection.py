@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import warnings
 
+import oracles
 import pytest
 import torch
 from helpers import TOLERANCES, assert_close_report, make_input
 
 import fastgp
 from fastgp import backends
-from fastgp.backends import BackendUnavailable, cpp, reference, resolve_backend
+from fastgp.backends import BackendUnavailable, cpp, resolve_backend
+from fastgp.backends.reference import accumulation_dtype
 
 CPU = torch.device("cpu")
 
@@ -25,11 +27,12 @@ def _fallback_warnings(record) -> list[str]:
     ]
 
 
-def _check_penalty(backend="auto", dtype=torch.float32):
-    g = make_input((4, 5), dtype, seed=1)
+def _check_penalty(backend="auto", dtype=torch.float32, device=CPU):
+    """Whatever runs the call, the penalty is the float64 oracle's."""
+    g = make_input((4, 5), dtype, seed=1, device=device)
     penalty = fastgp.penalty_from_grads(g, backend=backend)
-    expected, _ = reference.penalty_forward([g], None, 1.0, 10.0, 1.0, False, 1)
-    tol = TOLERANCES[reference.accumulation_dtype(dtype)]
+    expected, _ = oracles.penalty(g)
+    tol = TOLERANCES[accumulation_dtype(dtype)]
     assert_close_report(penalty, expected, *tol, what="penalty")
 
 
@@ -47,18 +50,35 @@ def test_debug_poison_is_on_in_tests(cpp_built):
     assert cpp.build_info()["debug_poison"] == "True"
 
 
+def test_auto_on_the_test_device_runs_a_fused_backend_without_warning(request, device):
+    """ "auto": cpp for CPU tensors, triton for CUDA tensors (FASTGP_TEST_DEVICE=cuda)."""
+    expected = "triton" if device.type == "cuda" else "cpp"
+    if expected == "cpp":
+        request.getfixturevalue("cpp_built")  # a failed build fails here, not as a warning
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        assert resolve_backend("auto", device, torch.float32) == expected
+        _check_penalty(device=device)
+    assert _fallback_warnings(record) == []
+
+
 def test_environment_replaces_auto(monkeypatch, cpp_built):
     monkeypatch.setenv("FASTGP_BACKEND", "torch")
     assert resolve_backend("auto", CPU, torch.float32) == "torch"
-    backends.clear_cache()
-    monkeypatch.setenv("FASTGP_BACKEND", " Triton ")
-    assert resolve_backend("auto", CPU, torch.float32) == "triton"
     _check_penalty()
     # An explicit argument in code wins over the environment.
     assert resolve_backend("cpp", CPU, torch.float32) == "cpp"
     backends.clear_cache()
     monkeypatch.setenv("FASTGP_BACKEND", "auto")
     assert resolve_backend("auto", CPU, torch.float32) == "cpp"
+
+
+def test_environment_names_triton(monkeypatch, device):
+    """FASTGP_BACKEND=triton (any case and spacing) on the device Triton runs in this session:
+    CPU under the interpreter, CUDA with FASTGP_TEST_DEVICE=cuda."""
+    monkeypatch.setenv("FASTGP_BACKEND", " Triton ")
+    assert resolve_backend("auto", device, torch.float32) == "triton"
+    _check_penalty(device=device)
 
 
 def test_environment_with_an_unknown_name(monkeypatch):

@@ -243,9 +243,6 @@ def _fake_args(args, mode):
 @pytest.mark.parametrize("case", list(CASES))
 def test_cpp_python_and_fake_kernels_raise_the_same_error(case):
     name, make_args, error, pattern = CASES[case]
-    from fastgp.backends import triton as triton_backend
-
-    assert triton_backend.interpreted(), "the Triton side needs TRITON_INTERPRET=1 (conftest)"
     args = make_args()
     cpp_op = getattr(ops.op_namespace("cpp", torch.device("cpu")), name).default
     triton_op = getattr(ops.op_namespace("triton", torch.device("cpu")), name).default

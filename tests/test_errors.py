@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers import TOLERANCES, MLPCritic, assert_close_report, make_input
+from helpers import (
+    TOLERANCES,
+    MLPCritic,
+    assert_close_report,
+    classic_gradient_penalty,
+    make_input,
+)
 from torch import nn
 
 import fastgp
@@ -20,8 +26,8 @@ def critic():
     return MLPCritic(D)
 
 
-def _pair(shape=(B, D)):
-    return make_input(shape, seed=1), make_input(shape, seed=2)
+def _pair(shape=(B, D), device="cpu"):
+    return make_input(shape, seed=1, device=device), make_input(shape, seed=2, device=device)
 
 
 @pytest.mark.parametrize(
@@ -168,24 +174,24 @@ def test_non_float_grads():
         fastgp.penalty_from_grads([], backend="torch")
 
 
-def test_critic_that_ignores_its_input(backend):
-    real, fake = _pair()
-    weight = nn.Parameter(torch.ones(()))
+def test_critic_that_ignores_its_input(backend, device):
+    real, fake = _pair(device=device)
+    weight = nn.Parameter(torch.ones((), device=device))
     # Depends on a parameter but not on x: the output requires grad, the input gets none.
-    ignores_input = lambda x: weight * torch.ones(x.shape[0])
+    ignores_input = lambda x: weight * torch.ones(x.shape[0], device=device)
     with pytest.raises(ValueError, match=r"`critic` output does not depend on the interpolates"):
         fastgp.gradient_penalty(ignores_input, real, fake, backend=backend)
     # Nothing requires grad at all.
-    constant = lambda x: torch.ones(x.shape[0])
+    constant = lambda x: torch.ones(x.shape[0], device=device)
     with pytest.raises(ValueError, match=r"`critic` output does not depend on its input"):
         fastgp.gradient_penalty(constant, real, fake, backend=backend)
     with pytest.raises(ValueError, match=r"`critic` output does not depend on `real`"):
         fastgp.r1_penalty(ignores_input, real, backend=backend)
 
 
-def test_critic_that_ignores_one_tuple_input(backend):
-    reals = (make_input((B, D), seed=1), make_input((B, 2), seed=2))
-    fakes = (make_input((B, D), seed=3), make_input((B, 2), seed=4))
+def test_critic_that_ignores_one_tuple_input(backend, device):
+    reals = (make_input((B, D), seed=1, device=device), make_input((B, 2), seed=2, device=device))
+    fakes = (make_input((B, D), seed=3, device=device), make_input((B, 2), seed=4, device=device))
     uses_first_only = lambda a, b: a.pow(2).sum(dim=1)
     with pytest.raises(ValueError, match=r"does not depend on input 1 of the interpolates"):
         fastgp.gradient_penalty(uses_first_only, reals, fakes, backend=backend)
@@ -233,11 +239,13 @@ def test_inference_mode_is_explained(critic):
         fastgp.gradient_penalty(critic, real, fake, backend="torch")
 
 
-def test_no_grad_context_still_computes_the_penalty(backend, critic):
+def test_no_grad_context_still_computes_the_penalty(backend, device, critic):
     """Under torch.no_grad (e.g. for logging) the value is computed, without a graph."""
-    real, fake = _pair()
+    critic = critic.to(device)
+    real, fake = _pair(device=device)
     with torch.no_grad():
         penalty = fastgp.gradient_penalty(critic, real, fake, alpha=0.3, backend=backend)
-    expected = fastgp.gradient_penalty(critic, real, fake, alpha=0.3, backend="torch")
+    alpha = torch.full((B,), 0.3, device=device)
+    expected = classic_gradient_penalty(critic, real, fake, alpha).detach()
     assert not penalty.requires_grad
     assert_close_report(penalty, expected, *TOLERANCES[torch.float32], what="penalty")

@@ -24,8 +24,15 @@ from torch import nn
 import fastgp
 
 
-def _alpha(batch: int, dtype: torch.dtype = torch.float32, seed: int = 5) -> torch.Tensor:
-    return torch.rand(batch, generator=torch.Generator().manual_seed(seed), dtype=dtype)
+def _alpha(
+    batch: int,
+    dtype: torch.dtype = torch.float32,
+    seed: int = 5,
+    device: torch.device | str = "cpu",
+) -> torch.Tensor:
+    """(B,) U[0, 1) drawn on CPU from ``seed`` (the same on every device), on ``device``."""
+    gen = torch.Generator().manual_seed(seed)
+    return torch.rand(batch, generator=gen, dtype=dtype).to(device)
 
 
 def _penalty_and_grads(module: nn.Module, compute) -> tuple[torch.Tensor, list[torch.Tensor]]:
@@ -48,11 +55,12 @@ def _assert_same(fast, classic, dtype, what="critic"):
 
 @pytest.mark.parametrize("dtype", (torch.float64, torch.float32), ids=str)
 @pytest.mark.parametrize("batch", [1, 5])
-def test_mlp_critic_matches_classic(backend, dtype, batch):
+def test_mlp_critic_matches_classic(backend, device, dtype, batch):
     torch.manual_seed(0)
-    critic = MLPCritic(7, dtype=dtype)
-    real, fake = make_input((batch, 7), dtype, seed=1), make_input((batch, 7), dtype, seed=2)
-    alpha = _alpha(batch, dtype)
+    critic = MLPCritic(7, dtype=dtype).to(device)
+    real = make_input((batch, 7), dtype, seed=1, device=device)
+    fake = make_input((batch, 7), dtype, seed=2, device=device)
+    alpha = _alpha(batch, dtype, device=device)
     fast = _penalty_and_grads(
         critic, lambda: fastgp.gradient_penalty(critic, real, fake, alpha=alpha, backend=backend)
     )
@@ -63,15 +71,16 @@ def test_mlp_critic_matches_classic(backend, dtype, batch):
 
 
 @pytest.mark.parametrize("dtype", (torch.bfloat16, torch.float16), ids=str)
-def test_low_precision_critic_no_worse_than_classic(backend, dtype):
+def test_low_precision_critic_no_worse_than_classic(backend, device, dtype):
     """A critic run in fp16/bf16: fastgp's penalty (fp32 accumulation) against the eager
     version in the same precision, both measured against float64 (flash-attention rule)."""
     torch.manual_seed(9)
-    critic64 = MLPCritic(24).double()
-    critic = MLPCritic(24).to(dtype)
+    critic64 = MLPCritic(24).to(device, torch.float64)
+    critic = MLPCritic(24).to(device, dtype)
     critic.load_state_dict(critic64.state_dict())
-    real, fake = make_input((6, 24), dtype, seed=1), make_input((6, 24), dtype, seed=2)
-    alpha = _alpha(6, torch.float32)
+    real = make_input((6, 24), dtype, seed=1, device=device)
+    fake = make_input((6, 24), dtype, seed=2, device=device)
+    alpha = _alpha(6, torch.float32, device=device)
     fast = _penalty_and_grads(
         critic, lambda: fastgp.gradient_penalty(critic, real, fake, alpha=alpha, backend=backend)
     )
@@ -92,16 +101,16 @@ def test_low_precision_critic_no_worse_than_classic(backend, dtype):
 
 @pytest.mark.parametrize("patch", [False, True], ids=["score", "patch"])
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
-def test_conv_critic_matches_classic(backend, layout, patch):
+def test_conv_critic_matches_classic(backend, device, layout, patch):
     torch.manual_seed(1)
     dtype = torch.float64
-    critic = ConvCritic(3, patch=patch, dtype=dtype)
+    critic = ConvCritic(3, patch=patch, dtype=dtype).to(device)
     shape = (3, 3, 7, 5)
-    real = make_input(shape, dtype, seed=1, layout=layout)
-    fake = make_input(shape, dtype, seed=2, layout=layout)
+    real = make_input(shape, dtype, seed=1, layout=layout, device=device)
+    fake = make_input(shape, dtype, seed=2, layout=layout, device=device)
     out = critic(real)
     assert out.shape == ((3, 1, 4, 3) if patch else (3,))
-    alpha = _alpha(3, dtype)
+    alpha = _alpha(3, dtype, device=device)
     fast = _penalty_and_grads(
         critic,
         lambda: fastgp.gradient_penalty(
@@ -114,18 +123,19 @@ def test_conv_critic_matches_classic(backend, layout, patch):
     _assert_same(fast, classic, dtype)
 
 
-def test_gradients_reach_real_and_a_non_detached_fake(backend):
+def test_gradients_reach_real_and_a_non_detached_fake(backend, device):
     """A generator's output used without detach: the penalty trains the generator too."""
     torch.manual_seed(2)
     dtype = torch.float64
-    critic, generator = MLPCritic(6, dtype=dtype), nn.Linear(4, 6, dtype=dtype)
-    z = make_input((5, 4), dtype, seed=3)
-    alpha = _alpha(5, dtype)
+    critic = MLPCritic(6, dtype=dtype).to(device)
+    generator = nn.Linear(4, 6, dtype=dtype).to(device)
+    z = make_input((5, 4), dtype, seed=3, device=device)
+    alpha = _alpha(5, dtype, device=device)
 
     def run(penalty_fn):
         critic.zero_grad(set_to_none=True)
         generator.zero_grad(set_to_none=True)
-        real = make_input((5, 6), dtype, seed=4, requires_grad=True)
+        real = make_input((5, 6), dtype, seed=4, requires_grad=True, device=device)
         penalty = penalty_fn(real, generator(z))
         penalty.backward()
         return penalty.detach(), real.grad, param_grads(critic) + param_grads(generator)
@@ -141,20 +151,20 @@ def test_gradients_reach_real_and_a_non_detached_fake(backend):
         assert_close_report(got, want, *tol, what=f"parameter {i} grad")
 
 
-def test_conditional_critic_arguments_pass_unchanged(backend):
+def test_conditional_critic_arguments_pass_unchanged(backend, device):
     torch.manual_seed(3)
-    critic = ConditionalCritic(5).double()
-    real = make_input((4, 5), torch.float64, seed=1)
-    fake = make_input((4, 5), torch.float64, seed=2)
-    labels = torch.tensor([0, 2, 1, 2])
-    condition = make_input((4, 5), torch.float64, seed=9)
+    critic = ConditionalCritic(5).to(device, torch.float64)
+    real = make_input((4, 5), torch.float64, seed=1, device=device)
+    fake = make_input((4, 5), torch.float64, seed=2, device=device)
+    labels = torch.tensor([0, 2, 1, 2], device=device)
+    condition = make_input((4, 5), torch.float64, seed=9, device=device)
     seen = []
 
     def conditional(x, labels_arg, condition_arg, *, scale):
         seen.append((labels_arg, condition_arg, scale))
         return critic(x + condition_arg, labels_arg, scale=scale)
 
-    alpha = _alpha(4, torch.float64)
+    alpha = _alpha(4, torch.float64, device=device)
     fast = _penalty_and_grads(
         critic,
         lambda: fastgp.gradient_penalty(
@@ -172,13 +182,14 @@ def test_conditional_critic_arguments_pass_unchanged(backend):
     _assert_same(fast, classic, torch.float64)
 
 
-def test_tuple_inputs_share_alpha_and_norm(backend):
+def test_tuple_inputs_share_alpha_and_norm(backend, device):
     torch.manual_seed(4)
     dtype = torch.float64
-    critic = TwoInputCritic(2, 3, 4).double()
-    reals = (make_input((3, 2, 3, 3), dtype, 1), make_input((3, 4), dtype, 2))
-    fakes = (make_input((3, 2, 3, 3), dtype, 3), make_input((3, 4), dtype, 4))
-    alpha = _alpha(3, dtype)
+    critic = TwoInputCritic(2, 3, 4).to(device, dtype)
+    shapes = ((3, 2, 3, 3), (3, 4))
+    reals = tuple(make_input(s, dtype, i, device=device) for i, s in enumerate(shapes, 1))
+    fakes = tuple(make_input(s, dtype, i, device=device) for i, s in enumerate(shapes, 3))
+    alpha = _alpha(3, dtype, device=device)
 
     def manual():
         points = [
@@ -196,14 +207,14 @@ def test_tuple_inputs_share_alpha_and_norm(backend):
 
 
 @pytest.mark.parametrize("alpha_source", ["tensor", "generator"])
-def test_pac_reproduces_ctgan(backend, alpha_source):
+def test_pac_reproduces_ctgan(backend, device, alpha_source):
     torch.manual_seed(5)
     pac, batch, dim = 3, 9, 4
-    disc = CTGANDiscriminator(dim, pac)
-    gen_net = nn.Linear(2, dim)
-    real = make_input((batch, dim), seed=1)
-    z = make_input((batch, 2), seed=2)
-    groups = _alpha(batch // pac, seed=6)
+    disc = CTGANDiscriminator(dim, pac).to(device)
+    gen_net = nn.Linear(2, dim).to(device)
+    real = make_input((batch, dim), seed=1, device=device)
+    z = make_input((batch, 2), seed=2, device=device)
+    groups = _alpha(batch // pac, seed=6, device=device)
 
     def run(penalty_fn):
         disc.zero_grad(set_to_none=True)
@@ -228,12 +239,12 @@ def test_pac_reproduces_ctgan(backend, alpha_source):
         assert_close_report(got, want, 10 * tol[0], 10 * tol[1], what=f"parameter {i} grad")
 
 
-def test_return_norms(backend):
+def test_return_norms(backend, device):
     torch.manual_seed(6)
-    critic = MLPCritic(5).double()
-    real = make_input((6, 5), torch.float64, seed=1)
-    fake = make_input((6, 5), torch.float64, seed=2)
-    alpha = _alpha(6, torch.float64)
+    critic = MLPCritic(5).to(device, torch.float64)
+    real = make_input((6, 5), torch.float64, seed=1, device=device)
+    fake = make_input((6, 5), torch.float64, seed=2, device=device)
+    alpha = _alpha(6, torch.float64, device=device)
     penalty, norms = fastgp.gradient_penalty(
         critic, real, fake, alpha=alpha, pac=2, return_norms=True, backend=backend
     )
@@ -247,10 +258,13 @@ def test_return_norms(backend):
     )
 
 
-def test_generator_reproducibility(backend):
+def test_generator_reproducibility(backend, device):
     torch.manual_seed(7)
-    critic = MLPCritic(5)
-    real, fake = make_input((4, 5), seed=1), make_input((4, 5), seed=2)
+    critic = MLPCritic(5).to(device)
+    real, fake = (
+        make_input((4, 5), seed=1, device=device),
+        make_input((4, 5), seed=2, device=device),
+    )
 
     def with_seed(seed):
         gen = torch.Generator().manual_seed(seed)
@@ -259,16 +273,19 @@ def test_generator_reproducibility(backend):
     first, second, other = with_seed(11), with_seed(11), with_seed(12)
     assert torch.equal(first, second)
     assert not torch.equal(first, other)
-    alpha = torch.rand(4, generator=torch.Generator().manual_seed(11))
+    alpha = torch.rand(4, generator=torch.Generator().manual_seed(11)).to(device)
     expected = classic_gradient_penalty(critic, real, fake, alpha, 10.0)
     assert_close_report(first, expected, *TOLERANCES[torch.float32], what="penalty")
 
 
-def test_output_shapes_b_and_b1_agree(backend):
+def test_output_shapes_b_and_b1_agree(backend, device):
     torch.manual_seed(8)
-    critic = MLPCritic(3)
-    real, fake = make_input((5, 3), seed=1), make_input((5, 3), seed=2)
-    alpha = _alpha(5)
+    critic = MLPCritic(3).to(device)
+    real, fake = (
+        make_input((5, 3), seed=1, device=device),
+        make_input((5, 3), seed=2, device=device),
+    )
+    alpha = _alpha(5, device=device)
     as_b1 = fastgp.gradient_penalty(critic, real, fake, alpha=alpha, backend=backend)
     as_b = fastgp.gradient_penalty(
         lambda x: critic(x).squeeze(1), real, fake, alpha=alpha, backend=backend

@@ -36,10 +36,10 @@ def _assert_same(got, want):
 
 
 @pytest.mark.parametrize("which", ["r1", "r2"])
-def test_r1_r2_are_half_gamma_mean_squared_norm(backend, which):
+def test_r1_r2_are_half_gamma_mean_squared_norm(backend, device, which):
     torch.manual_seed(0)
-    critic = MLPCritic(6).double()
-    x = make_input((5, 2, 3), torch.float64, seed=1)
+    critic = MLPCritic(6).to(device, torch.float64)
+    x = make_input((5, 2, 3), torch.float64, seed=1, device=device)
     penalty_fn = fastgp.r1_penalty if which == "r1" else fastgp.r2_penalty
     fast = _value_and_param_grads(critic, lambda: penalty_fn(critic, x, gamma=3.0, backend=backend))
     manual = _value_and_param_grads(
@@ -49,12 +49,12 @@ def test_r1_r2_are_half_gamma_mean_squared_norm(backend, which):
     assert not x.requires_grad, "the caller's tensor must not be changed"
 
 
-def test_r1_gradient_reaches_real_that_requires_grad(backend):
+def test_r1_gradient_reaches_real_that_requires_grad(backend, device):
     torch.manual_seed(1)
-    critic = MLPCritic(4).double()
+    critic = MLPCritic(4).to(device, torch.float64)
 
     def run(compute):
-        real = make_input((3, 4), torch.float64, seed=2, requires_grad=True)
+        real = make_input((3, 4), torch.float64, seed=2, requires_grad=True, device=device)
         compute(real).backward()
         return real.grad
 
@@ -64,14 +64,17 @@ def test_r1_gradient_reaches_real_that_requires_grad(backend):
     assert_close_report(fast, manual, *F64, what="grad of real")
 
 
-def test_r1_tuple_inputs_and_critic_arguments(backend):
+def test_r1_tuple_inputs_and_critic_arguments(backend, device):
     torch.manual_seed(2)
-    net = MLPCritic(7).double()
+    net = MLPCritic(7).to(device, torch.float64)
 
     def critic(a, b, offset, *, weight):
         return weight * net(torch.cat([a.reshape(a.shape[0], -1), b], dim=1) + offset)
 
-    xs = (make_input((4, 2, 2), torch.float64, seed=1), make_input((4, 3), torch.float64, seed=2))
+    xs = (
+        make_input((4, 2, 2), torch.float64, seed=1, device=device),
+        make_input((4, 3), torch.float64, seed=2, device=device),
+    )
     offset = 0.25
     fast = _value_and_param_grads(
         net, lambda: fastgp.r1_penalty(critic, xs, offset, weight=2.0, gamma=1.0, backend=backend)
@@ -83,14 +86,17 @@ def test_r1_tuple_inputs_and_critic_arguments(backend):
     _assert_same(fast, manual)
 
 
-def test_dragan_matches_its_formula(backend):
+def test_dragan_matches_its_formula(backend, device):
     torch.manual_seed(3)
-    critic = MLPCritic(12).double()
-    real = make_input((4, 3, 4), torch.float64, seed=1)
-    alpha = torch.rand(4, generator=torch.Generator().manual_seed(9), dtype=torch.float64)
+    critic = MLPCritic(12).to(device, torch.float64)
+    real = make_input((4, 3, 4), torch.float64, seed=1, device=device)
+    gen = torch.Generator().manual_seed(9)
+    alpha = torch.rand(4, generator=gen, dtype=torch.float64).to(device)
 
     def manual():
-        noise = torch.rand(real.shape, generator=torch.Generator().manual_seed(5), dtype=real.dtype)
+        # fastgp draws the noise from the generator's device (CPU here) and moves it.
+        gen = torch.Generator().manual_seed(5)
+        noise = torch.rand(real.shape, generator=gen, dtype=real.dtype).to(device)
         delta = 0.5 * real.std() * noise
         a = per_sample(alpha, real)
         x_hat = a * (real + delta) + (1 - a) * real
@@ -111,10 +117,10 @@ def test_dragan_matches_its_formula(backend):
     _assert_same(fast, _value_and_param_grads(critic, manual))
 
 
-def test_dragan_generator_reproducibility(backend):
+def test_dragan_generator_reproducibility(backend, device):
     torch.manual_seed(4)
-    critic = MLPCritic(5)
-    real = make_input((6, 5), seed=1)
+    critic = MLPCritic(5).to(device)
+    real = make_input((6, 5), seed=1, device=device)
 
     def with_seed(seed):
         gen = torch.Generator().manual_seed(seed)
@@ -136,14 +142,14 @@ class QuadraticCritic(nn.Module):
 
 
 @pytest.mark.parametrize("center", [1.0, 0.5])
-def test_one_sided_penalises_only_norms_above_center(backend, center):
-    critic = QuadraticCritic()
-    scales = torch.tensor([0.1, 0.3, 0.6, 1.2, 2.0, 3.0], dtype=torch.float64)
-    unit = make_input((6, 4), torch.float64, seed=1)
+def test_one_sided_penalises_only_norms_above_center(backend, device, center):
+    critic = QuadraticCritic().to(device)
+    scales = torch.tensor([0.1, 0.3, 0.6, 1.2, 2.0, 3.0], dtype=torch.float64, device=device)
+    unit = make_input((6, 4), torch.float64, seed=1, device=device)
     unit = unit / unit.norm(dim=1, keepdim=True)
     real = unit * scales[:, None]
     fake = real * 1.1
-    alpha = torch.full((6,), 0.5, dtype=torch.float64)
+    alpha = torch.full((6,), 0.5, dtype=torch.float64, device=device)
     x_hat = real * 1.05
     norms = 0.8 * x_hat.norm(dim=1)
     assert (norms < center).any() and (norms > center).any(), "must cover both sides"
@@ -161,5 +167,7 @@ def test_one_sided_penalises_only_norms_above_center(backend, center):
     )
     manual_result = _value_and_param_grads(critic, manual)
     _assert_same(fast, manual_result)
-    two_sided = fastgp.gradient_penalty(critic, real, fake, alpha=alpha, center=center)
+    two_sided = fastgp.gradient_penalty(
+        critic, real, fake, alpha=alpha, center=center, backend=backend
+    )
     assert two_sided > fast[0] > 0
