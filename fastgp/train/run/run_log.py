@@ -13,39 +13,99 @@ from __future__ import annotations
 import json
 import math
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+
+import torch
+from torch import Tensor
 
 METRICS_FILE = "metrics.jsonl"
 EVAL_FILE = "eval.json"
 
 
 class IntervalMeans:
-    """Running sums of named scalars between two log lines (saved in checkpoints, so a
-    resumed run logs the same means as an uninterrupted one)."""
+    """Running sums and counts of named scalars between two log lines, kept on a device.
 
-    def __init__(self) -> None:
-        self.sums: dict[str, float] = {}
-        self.counts: dict[str, int] = {}
+    ``add`` takes 0-dim tensors (or floats) and reads nothing back to the host; ``read``
+    brings the means back in one synchronisation. Sums and counts are float64 and added in
+    the order given, so the means are exactly those of adding the Python floats. They are
+    saved in checkpoints, so a resumed run logs the same means as an uninterrupted one.
 
-    def add(self, values: dict[str, float]) -> None:
+    Args:
+        device: where the sums live (the device of the values added).
+    """
+
+    def __init__(self, device: torch.device | str = "cpu") -> None:
+        self.device = torch.device(device)
+        self.sums: dict[str, Tensor] = {}
+        self.counts: dict[str, Tensor] = {}
+
+    def _slot(self, key: str) -> tuple[Tensor, Tensor]:
+        if key not in self.sums:
+            self.sums[key] = torch.zeros((), dtype=torch.float64, device=self.device)
+            self.counts[key] = torch.zeros((), dtype=torch.float64, device=self.device)
+        return self.sums[key], self.counts[key]
+
+    def add(
+        self, values: Mapping[str, Tensor | float], valid: Mapping[str, Tensor] | None = None
+    ) -> None:
+        """Add one value per key; a key in ``valid`` (0-dim bool) is skipped where false."""
         for key, value in values.items():
-            self.sums[key] = self.sums.get(key, 0.0) + float(value)
-            self.counts[key] = self.counts.get(key, 0) + 1
+            total, count = self._slot(key)
+            if isinstance(value, Tensor):
+                value = value.detach().reshape(()).to(torch.float64)
+            if valid is not None and key in valid:
+                ok = valid[key]
+                total.add_(torch.where(ok, value, 0.0))
+                count.add_(ok.to(torch.float64))
+            else:
+                total.add_(value)
+                count.add_(1.0)
 
-    def means(self) -> dict[str, float]:
-        return {k: self.sums[k] / self.counts[k] for k in sorted(self.sums)}
+    def mean_tensors(self) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+        """``(means, seen)`` on the device, by key (no host read): ``seen`` (0-dim bool) is
+        whether the key counted at least once; where not, its mean is 0."""
+        means, seen = {}, {}
+        for key in sorted(self.sums):
+            total, count = self.sums[key], self.counts[key]
+            seen[key] = count > 0
+            means[key] = torch.where(seen[key], total / torch.where(seen[key], count, 1.0), 0.0)
+        return means, seen
+
+    def read(self) -> dict[str, float]:
+        """The means of the keys added at least once, sorted by key (one host read)."""
+        keys = sorted(self.sums)
+        if not keys:
+            return {}
+        totals = torch.stack([self.sums[k] for k in keys] + [self.counts[k] for k in keys])
+        values = totals.tolist()
+        n = len(keys)
+        return {k: values[i] / values[n + i] for i, k in enumerate(keys) if values[n + i] > 0}
 
     def reset(self) -> None:
         self.sums.clear()
         self.counts.clear()
 
     def state_dict(self) -> dict[str, Any]:
-        return {"sums": dict(self.sums), "counts": dict(self.counts)}
+        """``{"sums": {key: float}, "counts": {key: float}}`` (a host read)."""
+        keys = sorted(self.sums)
+        if not keys:
+            return {"sums": {}, "counts": {}}
+        values = torch.stack([self.sums[k] for k in keys] + [self.counts[k] for k in keys])
+        values = values.tolist()
+        n = len(keys)
+        return {
+            "sums": {k: values[i] for i, k in enumerate(keys)},
+            "counts": {k: values[n + i] for i, k in enumerate(keys)},
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.sums = {k: float(v) for k, v in state["sums"].items()}
-        self.counts = {k: int(v) for k, v in state["counts"].items()}
+        self.reset()
+        for key, total in state["sums"].items():
+            self.sums[key] = torch.tensor(float(total), dtype=torch.float64, device=self.device)
+            count = float(state["counts"][key])
+            self.counts[key] = torch.tensor(count, dtype=torch.float64, device=self.device)
 
 
 def jsonable(value: Any) -> Any:
@@ -145,7 +205,7 @@ def read_metrics(path: str | os.PathLike) -> list[dict[str, Any]]:
 
 def write_eval(run_dir: str | os.PathLike, result: dict[str, Any]) -> Path:
     """Write the latest evaluation to ``run_dir/eval.json`` atomically."""
-    from fastgp.train.checkpoint import atomic_write
+    from fastgp.train.run.checkpoint import atomic_write
 
     text = json.dumps(jsonable(result), indent=2, sort_keys=True).encode() + b"\n"
     return atomic_write(Path(run_dir) / EVAL_FILE, lambda f: f.write(text))
