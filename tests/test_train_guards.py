@@ -161,14 +161,48 @@ def test_interval_means_equal_the_python_float_sums_bit_for_bit():
 
 def test_masked_values_are_skipped_and_unseen_keys_dropped():
     means = IntervalMeans("cpu")
-    means.add({"gp": t(2.0), "loss": t(1.0)}, valid={"gp": torch.tensor(True)})
-    means.add({"gp": t(INF), "loss": t(3.0)}, valid={"gp": torch.tensor(False)})
+    means.add({"loss": t(1.0), "gp": t(2.0)}, valid=torch.tensor([True, True]))
+    means.add({"loss": t(3.0), "gp": t(INF)}, valid=torch.tensor([True, False]))
     assert means.read() == {"gp": 2.0, "loss": 2.0}
     only_masked = IntervalMeans("cpu")
-    only_masked.add({"gp": t(NAN)}, valid={"gp": torch.tensor(False)})
+    only_masked.add({"gp": t(NAN)}, valid=torch.tensor(False))
     assert only_masked.read() == {}
     m, seen = only_masked.mean_tensors()
     assert float(m["gp"]) == 0.0 and not bool(seen["gp"])
+
+
+def test_means_of_means_skip_what_never_counted():
+    # The trainer's two levels: per generator step the mean over its critic updates.
+    outer, inner = IntervalMeans("cpu"), IntervalMeans("cpu")
+    expected = {"loss": 0.0, "gp": 0.0}
+    for step in range(3):
+        inner.zero_()
+        for update in range(4):
+            values = {"loss": t(step + update / 8)}
+            if step != 1:  # no penalty in step 1 (lazy regularisation)
+                values["gp"] = t(10.0 * step + update)
+            inner.add(values)
+        outer.add_means(inner)
+        outer.add({"lr": 0.5 * step})
+        expected["loss"] += sum(float(t(step + u / 8)) for u in range(4)) / 4
+        if step != 1:
+            expected["gp"] += sum(10.0 * step + u for u in range(4)) / 4
+    read = outer.read()
+    assert read == {"gp": expected["gp"] / 2, "loss": expected["loss"] / 3, "lr": 0.5}
+    keys, vector = outer.mean_vector()
+    flat = dict(zip(keys, vector.tolist()[: len(keys)], strict=True))
+    assert flat == read  # the vector summed over ranks: means, then 1.0 flags
+    assert vector.tolist()[len(keys) :] == [1.0, 1.0, 1.0]
+
+
+def test_keys_may_come_in_any_combination():
+    means = IntervalMeans("cpu")
+    means.add({"a": t(1.0), "b": t(2.0)})
+    means.add({"b": t(4.0), "a": t(3.0)})  # other order: slots by index
+    means.add({"c": t(5.0), "a": t(5.0)})
+    assert means.read() == {"a": 3.0, "b": 3.0, "c": 5.0}
+    with pytest.raises(ValueError, match="as a tensor before"):
+        means.add({"a": 1.0})
 
 
 def test_interval_means_state_round_trip_and_old_integer_counts():

@@ -357,6 +357,32 @@ def test_the_loop_reads_the_device_only_when_it_writes(tmp_path, monkeypatch):
     assert reads["check_finite"] == [4, 6, 6, 8, 12, 12]
 
 
+def test_fp16_overflow_is_the_scalers_to_skip(tmp_path, monkeypatch):
+    """An overflowing fp16 penalty is not a NaN stop: the GradScaler skips that update and
+    halves its scale, and the penalty's scalars of that update are left out of the log."""
+    original = steps.regularizer
+    penalties = []
+
+    def first_overflows(kind, critic, real, fake, **kwargs):
+        penalty, norms = original(kind, critic, real, fake, **kwargs)
+        if not penalties:
+            penalty = penalty + float("inf")
+        penalties.append(float(penalty.detach()))
+        return penalty, norms
+
+    monkeypatch.setattr(steps, "regularizer", first_overflows)
+    trainer = make_trainer(tmp_path, amp="fp16", n_critic=2)
+    before = params(trainer.critic)
+    start_scale = trainer.scaler_d.get_scale()
+    trainer.train_step()
+    assert trainer.scaler_d.get_scale() == start_scale / 2  # one skipped update
+    assert not all(torch.equal(a, b) for a, b in zip(before, params(trainer.critic), strict=True))
+    trainer.check_finite()  # no NonFiniteError
+    logged = trainer.read_interval_means()
+    assert not math.isfinite(penalties[0]) and math.isfinite(penalties[1])
+    assert logged["gp"] == penalties[1]  # the finite one only
+
+
 def test_huge_learning_rate_is_caught(tmp_path, capsys):
     run = tmp_path / "run"
     code = main_train(tiny_toy(run, "--lr-d", "1e30", "--lr-g", "1e30", "--steps", "30"))

@@ -272,3 +272,53 @@ def test_penalty_draws_are_used_as_given():
     x = fake.clone().requires_grad_()
     (g,) = torch.autograd.grad(critic(x).sum(), x)
     torch.testing.assert_close(out.grad_norms, g.norm(dim=1), rtol=1e-5, atol=1e-6)
+
+
+def test_gradients_change_no_weight_and_the_step_applies_them():
+    generator, critic = _toy_pair()
+    inputs = _critic_inputs()
+    params = list(critic.parameters())
+    before = [p.detach().clone() for p in params]
+    settings = GanSettings("wgan-gp", "gp", weight=10.0, backend="torch")
+    grads, out = steps.critic_gradients(settings, generator, critic, params, inputs)
+    assert all(torch.equal(p, b) and p.grad is None for p, b in zip(params, before, strict=True))
+    assert out.param_grad_norm is None and len(grads) == len(params)
+    same_g, same_d = _toy_pair()
+    opt = torch.optim.SGD(same_d.parameters(), lr=0.1)
+    stepped = critic_step(settings, same_g, same_d, opt, _scaler(), inputs)
+    for p, g, after in zip(params, grads, same_d.parameters(), strict=True):
+        torch.testing.assert_close(after, p.detach().add(g, alpha=-0.1), rtol=0, atol=0)
+    norm = torch.cat([g.reshape(-1) for g in grads]).norm()
+    torch.testing.assert_close(stepped.param_grad_norm, norm, rtol=1e-6, atol=0)
+    g_params = list(generator.parameters())
+    g_grads, loss = steps.generator_gradients(
+        settings, generator, critic, g_params, GeneratorInputs(inputs.z, {})
+    )
+    assert len(g_grads) == len(g_params) and all(p.grad is None for p in critic.parameters())
+    assert loss.dim() == 0 and not loss.requires_grad
+
+
+@pytest.mark.slow  # about a minute: two torch.compile runs
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # torch.jit, inside dynamo
+def test_the_gradient_parts_compile_as_one_graph():
+    """What ``fastgp train --compile`` builds on: the parts of an update without the
+    optimiser compile with fullgraph=True (here without a fastgp penalty, which does not
+    trace yet) and match eager."""
+    generator, critic = _toy_pair()
+    swap = torch.tensor([True, False] * (B // 2))
+    inputs = _critic_inputs("none", replay=(swap, torch.zeros(B, 2)))
+    settings = GanSettings("wgan-gp", "none", weight=0.0, drift=0.001)
+    params, g_params = list(critic.parameters()), list(generator.parameters())
+    g_inputs = GeneratorInputs(inputs.z, {})
+    with torch._dynamo.config.patch(trace_autograd_ops=True):
+        try:
+            compiled = torch.compile(steps.critic_gradients, fullgraph=True)
+            got, _ = compiled(settings, generator, critic, params, inputs)
+            compiled_g = torch.compile(steps.generator_gradients, fullgraph=True)
+            got_g, _ = compiled_g(settings, generator, critic, g_params, g_inputs)
+        finally:
+            torch._dynamo.reset()
+    expected, _ = steps.critic_gradients(settings, generator, critic, params, inputs)
+    expected_g, _ = steps.generator_gradients(settings, generator, critic, g_params, g_inputs)
+    for a, b in zip(got + got_g, expected + expected_g, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)

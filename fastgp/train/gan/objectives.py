@@ -15,7 +15,9 @@ Objectives:
 
 Penalties (all through ``fastgp``): ``gp`` (WGAN-GP, two-sided, centre 1), ``lp`` (WGAN-LP,
 one-sided), ``r1`` (zero-centred on real), ``r2`` (zero-centred on fake), ``dragan``
-(around perturbed real data), ``none``.
+(around perturbed real data), ``none``. Their random inputs (interpolation weights,
+DRAGAN's noise) are drawn by ``draw_penalty`` and handed to ``regularizer``, so the
+trainer's critic step draws nothing itself.
 
 Default penalty per objective (``default_penalty``): wgan-gp -> gp, wgan-lp -> lp; wgan-clip
 -> none (clipping is its constraint); lsgan and hinge -> none, as in their papers (R1 is a

@@ -12,11 +12,20 @@ host (no ``.item()``, ``float(t)`` or ``if tensor:``), and every scalar it repor
 0-dim tensor on the models' device. (fp16 is the exception: ``GradScaler.step`` reads its
 overflow flag on the host, and fastgp reads the scale to remove it in the penalty.)
 
-A trainer calls, per generator step::
+Each update is two parts: ``critic_gradients`` / ``generator_gradients`` run the networks,
+form the losses and return the parameter gradients (``torch.autograd.grad``) without
+changing a weight; ``apply_gradients`` sets them, reduces them across processes and steps
+the optimiser. The first part is what a compiler can take as one graph (torch 2.13 traces
+``autograd.grad`` with ``torch._dynamo.config.trace_autograd_ops``; ``optimizer.step`` and
+``zero_grad`` break the graph).
+
+A trainer calls, per generator step (``run.trainer.Trainer.train_step``, with the inputs
+drawn by ``run.streams.StepSampler``)::
 
     for _ in range(n_critic):
-        out = critic_step(settings, G, D, opt_d, scaler_d, draw_critic_inputs(...))
-    out = generator_step(settings, G, D, opt_g, scaler_g, draw_generator_inputs(...))
+        inputs = sampler.critic_inputs(settings.regularises(critic_updates), replay)
+        out = critic_step(settings, G, D, opt_d, scaler_d, inputs)
+    out = generator_step(settings, G, D, opt_g, scaler_g, sampler.generator_inputs())
 """
 
 from __future__ import annotations
@@ -137,8 +146,9 @@ class CriticOutput(NamedTuple):
             None when this update had none.
         grad_norms: (B,) per-sample input-gradient norms at the regulariser's points, or
             None.
-        param_grad_norm: 0-dim fp32, the L2 norm of all the critic's parameter gradients
-            (after ``reduce_gradients``; with fp16 it includes the loss scale).
+        param_grad_norm: 0-dim fp32, the L2 norm of the gradients of the parameters the
+            optimiser updates (after ``reduce_gradients``; with fp16 it includes the loss
+            scale); None from ``critic_gradients``, which applies nothing.
         fake: (B, *sample_shape) float32, this update's generated samples before replay
             mixing (for the replay buffer).
     """
@@ -147,7 +157,7 @@ class CriticOutput(NamedTuple):
     wdist: Tensor
     penalty: Tensor | None
     grad_norms: Tensor | None
-    param_grad_norm: Tensor
+    param_grad_norm: Tensor | None
     fake: Tensor
 
 
@@ -159,24 +169,26 @@ class GeneratorOutput(NamedTuple):
     param_grad_norm: Tensor
 
 
+Gradients = tuple[Tensor | None, ...]  # one per parameter, None where it has none
+
+
 def no_reduction(module: nn.Module) -> None:
     """The gradient reduction of a single process: nothing to do."""
 
 
-def critic_step(
+def critic_gradients(
     settings: GanSettings,
     generator: nn.Module,
     critic: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    scaler: torch.amp.GradScaler,
+    params: list[Tensor],
     inputs: CriticInputs,
-    reduce_gradients: Callable[[nn.Module], None] = no_reduction,
-) -> CriticOutput:
-    """One critic update on ``inputs.real`` against fresh fakes ``generator(inputs.z)``.
-
-    ``reduce_gradients(critic)`` runs between the backward pass and the optimiser step
-    (the distributed all-reduce; nothing in one process).
-    """
+    scaler: torch.amp.GradScaler | None = None,
+) -> tuple[Gradients, CriticOutput]:
+    """The critic's loss on ``inputs.real`` against fresh fakes ``generator(inputs.z)``, its
+    regulariser and drift, and the gradients of their sum with respect to ``params`` (the
+    critic's), scaled by ``scaler`` (fp16; None: no loss scaling). Changes no weight: the
+    part of an update a compiler can take whole. The output's ``param_grad_norm`` is None
+    (``critic_step`` fills it in)."""
     with torch.no_grad(), settings.autocast():
         fake = generator(inputs.z)
     fake = fake.float()
@@ -196,29 +208,93 @@ def critic_step(
                 real_in,
                 fake_in,
                 weight=settings.weight * settings.lazy_reg,
-                grad_scale=scaler if scaler.is_enabled() else None,
+                grad_scale=scaler,
                 backend=settings.backend,
                 draws=inputs.penalty,
             )
         total = total + penalty
     if settings.drift > 0:
         total = total + drift_penalty(d_real, settings.drift)
-    optimizer.zero_grad(set_to_none=True)
-    scaler.scale(total).backward()
-    reduce_gradients(critic)
-    grad_norm = parameter_grad_norm(critic)
-    scaler.step(optimizer)  # fp16: skipped when the scaled gradients overflowed
-    scaler.update()
-    if settings.clip is not None:
-        clip_weights(critic, settings.clip)
-    return CriticOutput(
+    grads = torch.autograd.grad(_scaled(total, scaler), params, allow_unused=True)
+    out = CriticOutput(
         loss=loss.detach(),
         wdist=wasserstein_estimate(d_real, d_fake),
         penalty=None if penalty is None else penalty.detach(),
         grad_norms=grad_norms,
-        param_grad_norm=grad_norm,
+        param_grad_norm=None,
         fake=fake,
     )
+    return grads, out
+
+
+def generator_gradients(
+    settings: GanSettings,
+    generator: nn.Module,
+    critic: nn.Module,
+    params: list[Tensor],
+    inputs: GeneratorInputs,
+    scaler: torch.amp.GradScaler | None = None,
+) -> tuple[Gradients, Tensor]:
+    """The generator's loss against the current critic and its gradients with respect to
+    ``params`` (the generator's), scaled by ``scaler`` (fp16; None: none): ``(gradients,
+    loss)``. Only these gradients are computed; the critic's weights get none. Changes no
+    weight."""
+    with settings.autocast():
+        fake = generator(inputs.z)
+        loss = generator_loss(settings.objective, critic(augment(fake, inputs.augment_fake)))
+    grads = torch.autograd.grad(_scaled(loss, scaler), params, allow_unused=True)
+    return grads, loss.detach()
+
+
+def _scaled(loss: Tensor, scaler: torch.amp.GradScaler | None) -> Tensor:
+    # Only an fp16 run passes a scaler: torch.compile does not trace GradScaler's methods.
+    return loss if scaler is None else scaler.scale(loss)
+
+
+def _loss_scaler(scaler: torch.amp.GradScaler) -> torch.amp.GradScaler | None:
+    return scaler if scaler.is_enabled() else None
+
+
+def apply_gradients(
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    params: list[Tensor],
+    grads: Gradients,
+    module: nn.Module,
+    reduce_gradients: Callable[[nn.Module], None] = no_reduction,
+) -> Tensor:
+    """Set the gradients of ``params`` (``module``'s), reduce them, and step: returns the
+    norm of the gradients applied (0-dim fp32; with fp16 it includes the loss scale).
+
+    ``reduce_gradients(module)`` runs between setting the gradients and the optimiser step
+    (the distributed all-reduce; nothing in one process).
+    """
+    for p, g in zip(params, grads, strict=True):
+        p.grad = g
+    reduce_gradients(module)
+    grad_norm = parameter_grad_norm(params)
+    scaler.step(optimizer)  # fp16: skipped when the scaled gradients overflowed
+    scaler.update()
+    return grad_norm
+
+
+def critic_step(
+    settings: GanSettings,
+    generator: nn.Module,
+    critic: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    inputs: CriticInputs,
+    reduce_gradients: Callable[[nn.Module], None] = no_reduction,
+) -> CriticOutput:
+    """One critic update: ``critic_gradients``, then ``apply_gradients``, then (wgan-clip)
+    weight clipping."""
+    params = optimized_parameters(optimizer)
+    grads, out = critic_gradients(settings, generator, critic, params, inputs, _loss_scaler(scaler))
+    grad_norm = apply_gradients(optimizer, scaler, params, grads, critic, reduce_gradients)
+    if settings.clip is not None:
+        clip_weights(critic, settings.clip)
+    return out._replace(param_grad_norm=grad_norm)
 
 
 def generator_step(
@@ -230,26 +306,28 @@ def generator_step(
     inputs: GeneratorInputs,
     reduce_gradients: Callable[[nn.Module], None] = no_reduction,
 ) -> GeneratorOutput:
-    """One generator update against the current critic (whose weights are not changed)."""
-    with settings.autocast():
-        fake = generator(inputs.z)
-        loss = generator_loss(settings.objective, critic(augment(fake, inputs.augment_fake)))
-    optimizer.zero_grad(set_to_none=True)
-    # Gradients for the generator's weights only: the critic's are neither computed nor
-    # accumulated (backward prunes the branches that lead to them).
-    params = [p for p in generator.parameters() if p.requires_grad]
-    scaler.scale(loss).backward(inputs=params)
-    reduce_gradients(generator)
-    grad_norm = parameter_grad_norm(generator)
-    scaler.step(optimizer)
-    scaler.update()
-    return GeneratorOutput(loss=loss.detach(), param_grad_norm=grad_norm)
+    """One generator update against the current critic (whose weights are not changed):
+    ``generator_gradients``, then ``apply_gradients``."""
+    params = optimized_parameters(optimizer)
+    grads, loss = generator_gradients(
+        settings, generator, critic, params, inputs, _loss_scaler(scaler)
+    )
+    grad_norm = apply_gradients(optimizer, scaler, params, grads, generator, reduce_gradients)
+    return GeneratorOutput(loss=loss, param_grad_norm=grad_norm)
 
 
-def parameter_grad_norm(module: nn.Module) -> Tensor:
-    """The L2 norm of all of ``module``'s parameter gradients, 0-dim fp32 on their device
-    (0 when none has a gradient), computed without reading anything back to the host."""
-    grads = [p.grad for p in module.parameters() if p.grad is not None]
+def optimized_parameters(optimizer: torch.optim.Optimizer) -> list[Tensor]:
+    """The parameters ``optimizer`` updates (a list walk: cheaper than ``module.parameters``,
+    which recurses through the modules on every call)."""
+    return [p for group in optimizer.param_groups for p in group["params"]]
+
+
+def parameter_grad_norm(params: list[Tensor]) -> Tensor:
+    """The L2 norm of the gradients of ``params``, 0-dim fp32 on their device (0 when none
+    has a gradient), computed without reading anything back to the host."""
+    grads = [p.grad for p in params if p.grad is not None]
     if not grads:
-        return torch.zeros((), device=next(module.parameters()).device)
-    return torch.nn.utils.get_total_norm(grads).float()
+        return torch.zeros((), device=params[0].device)
+    # The norm of the per-tensor norms (one fused kernel per device and dtype on a GPU);
+    # torch.nn.utils.get_total_norm computes the same with more Python around it.
+    return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads))).float()

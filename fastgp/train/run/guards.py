@@ -39,8 +39,8 @@ class NonFiniteError(RuntimeError):
 
 
 class Check(NamedTuple):
-    """One quantity to check: ``value`` (0-dim, any float dtype) fails when ``bad`` (0-dim
-    bool) is true; ``bad`` None means "when ``value`` is NaN or inf"."""
+    """One quantity to check: ``value`` (0-dim, detached, any float dtype) fails when
+    ``bad`` (0-dim bool) is true; ``bad`` None means "when ``value`` is NaN or inf"."""
 
     quantity: str
     value: Tensor
@@ -67,7 +67,8 @@ class FiniteGuard:
     def __init__(self, device: torch.device | str) -> None:
         self.device = torch.device(device)
         self._quantities: list[str] = []  # code -> name
-        self._codes: dict[tuple[str, ...], Tensor] = {}  # names of one observe -> codes
+        self._layouts: dict[tuple, tuple[Tensor, Tensor | None]] = {}  # see _layout
+        self._false = torch.zeros((), dtype=torch.bool, device=self.device)
         self._seen = 0  # checks observed so far
         zero = torch.zeros((), dtype=torch.int64, device=self.device)
         self._failed = torch.zeros((), dtype=torch.bool, device=self.device)
@@ -79,38 +80,37 @@ class FiniteGuard:
         ``step``, unless an earlier one failed already. Reads nothing back to the host."""
         if not checks:
             return
-        values = torch.stack([c.value.detach().reshape(()).to(torch.float64) for c in checks])
-        explicit = [c.bad for c in checks]
-        if all(b is None for b in explicit):
-            bad = ~torch.isfinite(values)
-        else:
-            bad = torch.stack(
-                [
-                    ~torch.isfinite(values[i]) if b is None else b.reshape(())
-                    for i, b in enumerate(explicit)
-                ]
-            )
+        codes, explicit = self._layout(checks)
+        values = torch.stack([c.value for c in checks]).to(torch.float64)
+        bad = ~torch.isfinite(values)
+        if explicit is not None:  # fp16's loss-scale checks
+            flags = torch.stack([self._false if c.bad is None else c.bad for c in checks])
+            bad = torch.where(explicit, flags, bad)
         # The first True: argmax returns the first of equal maxima.
         first = torch.argmax(bad.to(torch.uint8)).reshape(1)
         newly = bad.any() & ~self._failed
         self._order = torch.where(newly, first[0] + self._seen, self._order)
         self._step = torch.where(newly, step, self._step)
-        code = self._codes_of(checks).gather(0, first)[0]
+        code = codes.gather(0, first)[0]
         self._code = torch.where(newly, code, self._code)
         self._value = torch.where(newly, values.gather(0, first)[0], self._value)
         self._failed = self._failed | newly
         self._seen += len(checks)
 
-    def _codes_of(self, checks: Sequence[Check]) -> Tensor:
-        names = tuple(c.quantity for c in checks)
-        codes = self._codes.get(names)
-        if codes is None:  # once per distinct list of checks (a few per run)
-            for name in names:
+    def _layout(self, checks: Sequence[Check]) -> tuple[Tensor, Tensor | None]:
+        """The quantity codes of ``checks`` and which have an explicit ``bad`` flag, as
+        device tensors made once per distinct list of checks (a few per run)."""
+        layout = tuple((c.quantity, c.bad is not None) for c in checks)
+        cached = self._layouts.get(layout)
+        if cached is None:
+            for name, _ in layout:
                 if name not in self._quantities:
                     self._quantities.append(name)
-            codes = [self._quantities.index(n) for n in names]
-            codes = self._codes[names] = torch.tensor(codes, device=self.device)
-        return codes
+            codes = torch.tensor([self._quantities.index(n) for n, _ in layout], device=self.device)
+            flagged = [f for _, f in layout]
+            explicit = torch.tensor(flagged, device=self.device) if any(flagged) else None
+            cached = self._layouts[layout] = (codes, explicit)
+        return cached
 
     def read(self) -> Failure | None:
         """The first failure so far, or None: one host synchronisation."""
@@ -133,7 +133,7 @@ def loss_scale_check(network: str, scaler: torch.amp.GradScaler) -> Check:
     """fp16: the scaler skips overflowing steps and halves its scale; a scale that keeps
     falling means the gradients are non-finite at any scale."""
     # The scale as a device tensor: get_scale() would read it back to the host.
-    scale = scaler._get_scale_async()
+    scale = scaler._get_scale_async().reshape(())
     return Check(
         f"{network} gradient (fp16 loss scale fell below 2**-16)", scale, scale < MIN_LOSS_SCALE
     )

@@ -35,6 +35,8 @@ from fastgp.train.run.run_log import IntervalMeans
 from fastgp.train.run.streams import RandomStreams, StepSampler
 
 SAMPLES_DIR = "samples"
+CRITIC_SCALARS = ("loss_d", "wdist")  # logged for every critic update
+PENALTY_SCALARS = ("gp", "grad_norm_mean", "grad_norm_std")  # ... where a penalty ran
 TOY_PLOT_POINTS = 1000  # points per colour in the toy scatter
 GRID_IMAGES = 64  # images in a sample grid (8 x 8)
 
@@ -103,7 +105,10 @@ class Trainer:
             ctx=self.ctx,
         )
         self.guard = FiniteGuard(self.device)
-        self.means = IntervalMeans(self.device)
+        self.means = IntervalMeans(self.device)  # since the last log line
+        self._critic_means = IntervalMeans(self.device)  # of one generator step
+        divisors = [1.0, 1.0, float(cfg.lazy_reg), 1.0, 1.0]
+        self._scalar_divisors = torch.tensor(divisors, dtype=torch.float64, device=self.device)
         # Fixed noise and real points for the pictures: their own generator, so drawing
         # them never moves a training stream.
         fixed = torch.Generator().manual_seed(cfg.seed + 12_345)
@@ -187,20 +192,24 @@ class Trainer:
     def _reduce_gradients(self, module: nn.Module) -> None:
         dist_utils.average_gradients(module, self.ctx)
 
-    def _critic_scalars(self, out: CriticOutput) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
-        """The logged scalars of a critic update, and which of them count (fp16: not the
-        penalty's when the scaled penalty overflowed, a step the scaler skips)."""
-        scalars = {"loss_d": out.loss, "wdist": out.wdist}
-        valid: dict[str, Tensor] = {}
-        if out.penalty is not None:
-            norms = out.grad_norms.float()
-            scalars["gp"] = out.penalty.to(torch.float64) / self.settings.lazy_reg
-            scalars["grad_norm_mean"] = norms.mean()
-            scalars["grad_norm_std"] = norms.std() if len(norms) > 1 else torch.zeros_like(norms[0])
-            if self.scaler_d.is_enabled():
-                finite = torch.isfinite(out.penalty)
-                valid = {"gp": finite, "grad_norm_mean": finite, "grad_norm_std": finite}
-        return scalars, valid
+    def _add_critic_scalars(self, out: CriticOutput) -> None:
+        """The logged scalars of a critic update, into this generator step's means: the
+        losses and, when it ran, the penalty per update (``gp``: its weight without the
+        lazy-regularisation factor) and the input-gradient norms. With fp16 the penalty's
+        are left out when the scaled penalty overflowed (a step the scaler skips)."""
+        if out.penalty is None:
+            self._critic_means.add_vector(CRITIC_SCALARS, torch.stack([out.loss, out.wdist]))
+            return
+        norms = out.grad_norms.float()
+        spread = norms.std() if len(norms) > 1 else torch.zeros_like(norms[0])
+        values = torch.stack([out.loss, out.wdist, out.penalty, norms.mean(), spread])
+        # In float64, as the scalars always were: gp = penalty / lazy_reg, the rest / 1.
+        values = values.to(torch.float64) / self._scalar_divisors
+        valid = None
+        if self.scaler_d.is_enabled():
+            finite = torch.isfinite(out.penalty).expand(len(PENALTY_SCALARS))
+            valid = torch.cat([finite.new_ones(len(CRITIC_SCALARS)), finite])
+        self._critic_means.add_vector(CRITIC_SCALARS + PENALTY_SCALARS, values, valid)
 
     def train_step(self) -> dict[str, Tensor | float]:
         """``n_critic`` critic updates and one generator update (generator step
@@ -208,7 +217,9 @@ class Trainer:
         rates as floats), having read nothing back to the host."""
         step = self.step + 1  # 1-based, as checkpoint numbers
         lr_g, lr_d = self._set_lr()
-        critic_means = IntervalMeans(self.device)
+        self._critic_means.zero_()
+        checks = []  # observed together after the generator update: one record per step
+        penalised = False
         for _ in range(self.cfg.n_critic):
             inputs = self.sampler.critic_inputs(
                 self.settings.regularises(self.critic_steps), self.replay
@@ -225,8 +236,9 @@ class Trainer:
             if self.replay is not None:
                 self.replay.store(out.fake)
             # After the all-reduce: a NaN on any rank is then in every rank's gradients.
-            self.guard.observe(step, critic_checks(out, self.settings.penalty, self.scaler_d))
-            critic_means.add(*self._critic_scalars(out))
+            checks += critic_checks(out, self.settings.penalty, self.scaler_d)
+            self._add_critic_scalars(out)
+            penalised = penalised or out.penalty is not None
             self.critic_steps += 1
         out_g = generator_step(
             self.settings,
@@ -237,16 +249,19 @@ class Trainer:
             self.sampler.generator_inputs(),
             self._reduce_gradients,
         )
-        self.guard.observe(step, generator_checks(out_g, self.scaler_g))
+        checks += generator_checks(out_g, self.scaler_g)
+        self.guard.observe(step, checks)
         dist_utils.average_buffers(self.generator, self.ctx)
         if self.ema is not None:
             self.ema.update(self.generator, self.step)
         # Per generator step the mean over its critic updates, as the log has always shown.
-        means, seen = critic_means.mean_tensors()
-        scalars = {**means, "loss_g": out_g.loss, "lr_g": lr_g, "lr_d": lr_d}
-        self.means.add(scalars, valid=seen)
+        self.means.add_means(self._critic_means)
+        self.means.add({"loss_g": out_g.loss, "lr_g": lr_g, "lr_d": lr_d})
         self.step += 1
-        return scalars
+        means, _ = self._critic_means.mean_tensors()
+        shown = PENALTY_SCALARS if penalised else ()
+        critic = {k: v for k, v in means.items() if k in CRITIC_SCALARS + shown}
+        return {**critic, "loss_g": out_g.loss, "lr_g": lr_g, "lr_d": lr_d}
 
     # ---------------------------------------------------------------- host reads
 
@@ -261,18 +276,16 @@ class Trainer:
             raise NonFiniteError(failure.quantity, failure.step, failure.value)
 
     def read_interval_means(self) -> dict[str, float]:
-        """The means since the last call, averaged over ranks, then reset (one host read;
-        a collective with several processes)."""
-        means, seen = self.means.mean_tensors()
-        self.means.reset()
-        keys = sorted(means)
+        """The means since the last call, averaged over the ranks where they counted, by
+        key, then reset (one host read; a collective with several processes)."""
+        keys, packed = self.means.mean_vector()
+        self.means.zero_()  # keeps the slots: the next interval allocates nothing
         if not keys:
             return {}
-        counted = [seen[k].to(torch.float64) for k in keys]  # ranks whose mean counts
-        packed = torch.stack([means[k] for k in keys] + counted)
         values = dist_utils.sum_over_ranks(packed, self.ctx).tolist()
         n = len(keys)
-        return {k: values[i] / values[n + i] for i, k in enumerate(keys) if values[n + i] > 0}
+        means = {k: values[i] / values[n + i] for i, k in enumerate(keys) if values[n + i] > 0}
+        return dict(sorted(means.items()))
 
     # ---------------------------------------------------------------------- outputs
 
