@@ -60,6 +60,7 @@ def _count(help: str, low: int = 1, **extra: Any) -> Option:
 
 
 def _number(help: str, low: float, high: float, interval: str) -> Option:
+    """A number option in ``low``..``high``, ``interval`` saying which ends are allowed."""
     return Option(float, help, low=low, high=high, interval=interval)
 
 

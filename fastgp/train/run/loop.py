@@ -11,7 +11,8 @@ Stopping: a non-finite value stops the run with ``RunOutcome("nonfinite")`` nami
 quantity and the generator step where it first appeared; nothing is saved from that step
 on, so the newest checkpoint is the last good one. Ctrl-C (SIGINT) sets a flag checked
 after every generator step: the step finishes, a checkpoint is written and the run exits
-cleanly.
+cleanly. (With several processes the ranks agree on that flag with one small all-reduce
+per generator step, the loop's only host read between outputs.)
 """
 
 from __future__ import annotations
