@@ -1,9 +1,10 @@
 """A penalty call never reads a tensor on the host (issue: one sync per call on CUDA).
 
 On CUDA, ``Tensor.item()``, ``float(tensor)`` or ``GradScaler.get_scale()`` wait for the GPU
-and make a CUDA-graph capture of the step impossible. On CPU the same calls are what would
-synchronise there, so the test forbids them during fwd+bwd of every penalty, with a
-``GradScaler`` as ``grad_scale``, on every backend.
+and make a CUDA-graph capture of the step impossible. The test forbids them during fwd+bwd
+of every penalty, with a ``GradScaler`` as ``grad_scale``, on every backend (on CPU tensors
+the same Python calls are what would synchronise on CUDA; ``FASTGP_TEST_DEVICE=cuda`` runs
+it on the GPU).
 """
 
 from __future__ import annotations
@@ -41,12 +42,15 @@ def no_host_reads(monkeypatch: pytest.MonkeyPatch):
 
 
 @pytest.mark.parametrize("penalty", ["gradient_penalty", "r1_penalty", "dragan_penalty"])
-def test_penalty_with_a_grad_scaler_reads_nothing_on_the_host(backend, penalty, no_host_reads):
+def test_penalty_with_a_grad_scaler_reads_nothing_on_the_host(
+    backend, device, penalty, no_host_reads
+):
     torch.manual_seed(0)
-    critic = MLPCritic(6)
-    real, fake = make_input((5, 6), seed=1), make_input((5, 6), seed=2)
-    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10)
-    scaler.scale(torch.ones(()))  # the scale exists before the guarded block
+    critic = MLPCritic(6).to(device)
+    real = make_input((5, 6), seed=1, device=device)
+    fake = make_input((5, 6), seed=2, device=device)
+    scaler = torch.amp.GradScaler(device.type, init_scale=2.0**10)
+    scaler.scale(torch.ones((), device=device))  # the scale exists before the guarded block
     args = (real, fake) if penalty == "gradient_penalty" else (real,)
     no_host_reads.append(True)
     value = getattr(fastgp, penalty)(critic, *args, grad_scale=scaler, backend=backend)

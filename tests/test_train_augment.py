@@ -1,20 +1,21 @@
-"""fastgp.train.augment: DiffAugment shapes, semantics, gradients, reproducibility, errors."""
+"""fastgp.train.gan.augment: DiffAugment shapes, semantics, gradients, reproducibility, the
+split into draws and application, errors."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from fastgp.train.augment import (
+from fastgp.train.gan.augment import (
     POLICIES,
     DiffAugment,
+    augment,
+    brightness,
+    contrast,
     diff_augment,
+    draw_augment,
     parse_policy,
-    rand_brightness,
-    rand_contrast,
-    rand_cutout,
-    rand_saturation,
-    rand_translation,
+    saturation,
 )
 
 
@@ -67,7 +68,7 @@ def test_none_policy_returns_the_input():
 def test_translation_moves_each_image_with_zero_fill():
     h = w = 16  # shifts up to int(16 * 0.125 + 0.5) = 2 pixels
     x = torch.arange(1, 2 * h * w + 1, dtype=torch.float64).reshape(2, 1, h, w)
-    y = rand_translation(x, _gen(1))
+    y = diff_augment(x, "translation", _gen(1))
     for i in range(2):
         matches = []
         for dy in range(-2, 3):
@@ -82,7 +83,7 @@ def test_translation_moves_each_image_with_zero_fill():
 
 def test_cutout_zeroes_one_square_of_half_the_size_per_image():
     x = torch.ones(64, 2, 8, 8)
-    y = rand_cutout(x, _gen(2))
+    y = diff_augment(x, "cutout", _gen(2))
     assert set(y.unique().tolist()) <= {0.0, 1.0}
     torch.testing.assert_close(y[:, 0], y[:, 1])  # the same mask on every channel
     zeros = (y[:, 0] == 0).sum(dim=(1, 2))
@@ -96,13 +97,14 @@ def test_cutout_zeroes_one_square_of_half_the_size_per_image():
 
 def test_colour_operations_follow_the_paper():
     x = _images(b=16, c=3)
-    shift = rand_brightness(x, _gen(4)) - x
+    u = torch.rand(16, 1, 1, 1, generator=_gen(4))
+    shift = brightness(x, u) - x
     per_sample = shift.amax(dim=(1, 2, 3))
     torch.testing.assert_close(shift, per_sample.view(-1, 1, 1, 1).expand_as(x))
     assert per_sample.min() >= -0.5 and per_sample.max() < 0.5
     grey = _images(c=1)
-    torch.testing.assert_close(rand_saturation(grey, _gen(4)), grey)
-    y = rand_contrast(x, _gen(4))
+    torch.testing.assert_close(saturation(grey, u[:4]), grey)
+    y = contrast(x, u)
     torch.testing.assert_close(y.mean(dim=(1, 2, 3)), x.mean(dim=(1, 2, 3)))
     ratio = (y - y.mean((1, 2, 3), keepdim=True)) / (x - x.mean((1, 2, 3), keepdim=True))
     assert ratio.min() >= 0.5 - 1e-4 and ratio.max() < 1.5 + 1e-4
@@ -149,8 +151,85 @@ def test_translation_range_is_an_eighth_of_the_size_rounded():
     # 28 x 20 images: shifts up to int(28 / 8 + 0.5) = 4 rows and int(20 / 8 + 0.5) = 3 columns.
     x = torch.zeros(400, 1, 28, 20)
     x[:, 0, 14, 10] = 1.0  # one lit pixel, well inside: it survives every shift
-    y = rand_translation(x, _gen(8))
+    y = diff_augment(x, "translation", _gen(8))
     where = (y[:, 0] == 1).flatten(1).float().argmax(1)
     rows, cols = where // 20 - 14, where % 20 - 10
     assert sorted(set(rows.tolist())) == list(range(-4, 5))
     assert sorted(set(cols.tolist())) == list(range(-3, 4))
+
+
+def _old_diff_augment(x, policy, g):
+    """The generator-inside implementation this module replaced, as the oracle of the draws:
+    each operation drew its own parameters, in policy order, as it ran."""
+    b, _, h, w = x.shape
+
+    def u():
+        return torch.rand(b, 1, 1, 1, generator=g).to(x.dtype)
+
+    def ints(low, high):
+        return torch.randint(low, high, (b, 1, 1), generator=g)
+
+    for name in parse_policy(policy):
+        if name == "color":
+            x = x + (u() - 0.5)
+            mean = x.mean(dim=1, keepdim=True)
+            x = (x - mean) * (u() * 2) + mean
+            mean = x.mean(dim=(1, 2, 3), keepdim=True)
+            x = (x - mean) * (u() + 0.5) + mean
+        elif name == "translation":
+            sh, sw = int(h / 8 + 0.5), int(w / 8 + 0.5)
+            dy, dx = ints(-sh, sh + 1), ints(-sw, sw + 1)
+            padded = torch.nn.functional.pad(x, [sw, sw, sh, sh])
+            # y[r, c] = x[r + dy, c + dx] = padded[r + dy + sh, c + dx + sw]
+            tops, lefts = [sh + int(d) for d in dy], [sw + int(d) for d in dx]
+            x = torch.stack(
+                [
+                    padded[i, :, t : t + h, left : left + w]
+                    for i, (t, left) in enumerate(zip(tops, lefts, strict=True))
+                ]
+            )
+        elif name == "cutout":
+            ch, cw = int(h / 2 + 0.5), int(w / 2 + 0.5)
+            cy, cx = ints(0, h + (1 - ch % 2)), ints(0, w + (1 - cw % 2))
+            mask = torch.ones(b, 1, h, w, dtype=x.dtype)
+            for i in range(b):
+                top, left = max(0, int(cy[i]) - ch // 2), max(0, int(cx[i]) - cw // 2)
+                bottom = min(h, int(cy[i]) - ch // 2 + ch)
+                right = min(w, int(cx[i]) - cw // 2 + cw)
+                mask[i, :, top:bottom, left:right] = 0
+            x = x * mask
+        else:
+            x = torch.where(u() < 0.5, x.flip(3), x)
+    return x
+
+
+@pytest.mark.parametrize(
+    "policy", ["color", "translation", "cutout", "flip", "color,cutout,flip,translation"]
+)
+def test_drawn_parameters_reproduce_the_draws_inside_each_operation(policy):
+    # Translation with the slicing formula above (pad by the shift range) rather than this
+    # module's gather: an independent check of the zero-filled shift as well as the draws.
+    x = _images(b=6, c=3, h=12, w=10)
+    expected = _old_diff_augment(x, policy, _gen(9))
+    params = draw_augment(policy, x.shape, _gen(9))
+    torch.testing.assert_close(augment(x, params), expected, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(diff_augment(x, policy, _gen(9)), augment(x, params), rtol=0, atol=0)
+
+
+def test_parameter_layout_and_application_draws_nothing():
+    params = draw_augment("color,translation,cutout,flip", (5, 3, 16, 8), _gen(1))
+    assert list(params) == ["color", "translation", "cutout", "flip"]
+    assert params["color"].shape == (3, 5, 1, 1, 1) and params["color"].dtype == torch.float32
+    assert (
+        params["translation"].shape == (2, 5, 1, 1) and params["translation"].dtype == torch.int64
+    )
+    assert params["cutout"].shape == (2, 5, 1, 1) and params["flip"].shape == (5, 1, 1, 1)
+    shifts = params["translation"]
+    assert int(shifts[0].abs().max()) <= 2 and int(shifts[1].abs().max()) <= 1  # 16/8, 8/8
+    assert draw_augment("none", (5, 2), _gen()) == {}  # no policy: any shape, nothing drawn
+    x = _images(b=5, c=3, h=16, w=8)
+    before = torch.get_rng_state()
+    first, second = augment(x, params), augment(x, params)
+    assert torch.equal(torch.get_rng_state(), before)
+    torch.testing.assert_close(first, second, rtol=0, atol=0)
+    assert augment(x, {}) is x

@@ -1,4 +1,5 @@
-"""fastgp.train.checkpoint: atomic writes, crash leftovers, pruning, safe loading, RNG state."""
+"""fastgp.train.run.checkpoint (atomic writes, crash leftovers, pruning, safe loading) and
+the RNG state of fastgp.train.run.streams."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from fastgp.train.checkpoint import (
+from fastgp.train.run.checkpoint import (
     CheckpointError,
     atomic_write,
     checkpoint_path,
@@ -19,10 +20,9 @@ from fastgp.train.checkpoint import (
     latest_checkpoint,
     list_checkpoints,
     load_checkpoint,
-    restore_rng_state,
-    rng_state,
     save_checkpoint,
 )
+from fastgp.train.run.streams import restore_rng_state, rng_state
 
 
 def _state(step: int) -> dict:

@@ -3,7 +3,9 @@ the sample / eval commands on tiny toy and image runs."""
 
 from __future__ import annotations
 
+import argparse
 import json
+import typing
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +15,7 @@ import torch
 from fastgp.cli import main as fastgp_main
 from fastgp.train import config
 from fastgp.train.cli import main_eval, main_sample, main_train
-from fastgp.train.run_log import read_metrics
+from fastgp.train.run.run_log import read_metrics
 
 
 def tiny_toy(run_dir: Path, *extra: str) -> list[str]:
@@ -245,3 +247,65 @@ def test_trains_on_user_data(tmp_path, kind, capsys):
     saved = json.loads((run / "config.json").read_text())
     assert saved["arch"] == arch and saved["dataset"] == kind
     assert (run / "samples" / "step-00000001.png").is_file()
+
+
+def test_the_option_table_has_one_row_per_field_of_the_declared_type():
+    hints = typing.get_type_hints(config.TrainConfig)
+    assert tuple(config.OPTIONS) == config.FIELD_NAMES
+    defaults = config.TrainConfig().to_dict()
+    for name, option in config.OPTIONS.items():
+        hint = hints[name]
+        allowed = typing.get_args(hint) or (hint,)
+        assert option.kind in allowed, (name, option.kind, hint)
+        assert (type(None) in allowed) == (defaults[name] is None), name  # None = auto
+        default = defaults[name]
+        if default is not None:
+            assert type(default) is option.kind, name
+            if option.choices:
+                assert default in option.choices, name
+        assert option.interval in ("[]", "[)", "(]", "()"), name
+    assert config.RESUMABLE_FIELDS == {
+        "steps", "device", "backend", "threads", "log_every", "sample_every",
+        "checkpoint_every", "eval_every", "eval_samples", "keep_last", "progress",
+        "tensorboard", "run_dir", "resume",
+    }  # fmt: skip
+
+
+def test_the_parser_is_built_from_the_table():
+    actions = {a.dest: a for a in config.build_parser()._actions}
+    for name, option in config.OPTIONS.items():
+        action = actions[name]
+        assert action.option_strings == [
+            config.flag(name),
+            *([f"--no-{name}".replace("_", "-")] if option.kind is bool else []),
+        ]
+        if option.kind is bool:
+            assert isinstance(action, argparse.BooleanOptionalAction), name
+        else:
+            assert action.choices == option.choices, name
+            assert action.type.__name__ == option.kind.__name__, name
+            if option.kind is not str:
+                assert action.type("auto") is None and action.type("none") is None, name
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"progress": "no"}, "--progress must be true or false, got 'no'"),
+        ({"spectral_norm": 1}, "--spectral-norm must be true or false, got 1"),
+        ({"clip": None}, "--clip must be a number in (0.0, inf), got None"),
+        ({"device": 3}, "--device must be a string, got 3"),
+        ({"seed": 1.5}, "--seed must be an integer, got 1.5"),
+        ({"steps": True}, "--steps must be an integer >= 0, got True"),
+        ({"nf": 0}, "--nf must be an integer >= 1, got 0"),
+        ({"lr_decay_rate": 0.0}, "--lr-decay-rate must be a number in (0.0, 1.0], got 0.0"),
+        ({"replay_prob": 1.5}, "--replay-prob must be a number in [0.0, 1.0], got 1.5"),
+        ({"amp": "fp8"}, "--amp must be one of none, bf16, fp16; got 'fp8'"),
+        ({"critic_norm": None}, "--critic-norm must be one of none, layer, instance; got None"),
+        ({"channels": 2}, "--channels must be 1 or 3, got 2"),
+    ],
+)
+def test_checks_read_the_table(values, message):
+    with pytest.raises(config.ConfigError) as error:
+        config.check(config.merge(values))
+    assert str(error.value) == message

@@ -12,16 +12,11 @@ import pytest
 import torch
 from PIL import Image
 
-from fastgp.train.data import (
-    DATASETS,
-    TOY_DATASETS,
-    Dataset,
-    array_to_images,
-    fit_images,
-    load_dataset,
-    make_swiss_roll,
-    read_idx,
-)
+from fastgp.train.data import DATASETS, TOY_DATASETS, Dataset, load_dataset
+from fastgp.train.data.arrays import array_to_images
+from fastgp.train.data.images import fit_images
+from fastgp.train.data.mnist import read_idx
+from fastgp.train.data.toy import make_swiss_roll
 
 
 def gen(seed: int = 0) -> torch.Generator:

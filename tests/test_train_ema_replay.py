@@ -1,4 +1,5 @@
-"""fastgp.train.ema and fastgp.train.replay: averaging math, start step, replay mixing, state."""
+"""fastgp.train.gan.ema and fastgp.train.gan.replay: averaging math, start step, replay
+mixing, state."""
 
 from __future__ import annotations
 
@@ -8,8 +9,8 @@ import pytest
 import torch
 from torch import nn
 
-from fastgp.train.ema import EMA
-from fastgp.train.replay import ReplayBuffer
+from fastgp.train.gan.ema import EMA
+from fastgp.train.gan.replay import ReplayBuffer, replace_samples
 
 
 class _Tiny(nn.Module):
@@ -99,25 +100,60 @@ def _fakes(step: int, b: int = 4) -> torch.Tensor:
     return (100 * step + torch.arange(b, dtype=torch.float32)).view(b, 1).expand(b, 3).clone()
 
 
-def _run(buffer: ReplayBuffer, steps: int) -> list[torch.Tensor]:
-    return [buffer.mix(_fakes(step)) for step in range(steps)]
+def _mix(buffer: ReplayBuffer, fake: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    return buffer.mix(fake, buffer.draw(fake.shape[0], gen))
+
+
+def _run(buffer: ReplayBuffer, gen: torch.Generator, steps: int) -> list[torch.Tensor]:
+    return [_mix(buffer, _fakes(step), gen) for step in range(steps)]
+
+
+def _seeded(seed: int = 0) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
 
 
 def test_replay_is_deterministic_given_the_generator():
-    a = _run(ReplayBuffer(6, 0.5, torch.Generator().manual_seed(0)), 8)
-    b = _run(ReplayBuffer(6, 0.5, torch.Generator().manual_seed(0)), 8)
+    a = _run(ReplayBuffer(6, 0.5), _seeded(), 8)
+    b = _run(ReplayBuffer(6, 0.5), _seeded(), 8)
     for x, y in zip(a, b, strict=True):
         torch.testing.assert_close(x, y, rtol=0, atol=0)
     replayed = sum(int((x[:, 0] < 100 * step).sum()) for step, x in enumerate(a))
     assert 0 < replayed < 4 * 7  # some, not all, samples of steps 1..7 came from the buffer
 
 
+def test_replay_draws_nothing_while_there_is_nothing_to_mix():
+    gen = _seeded()
+    before = gen.get_state()
+    assert ReplayBuffer(6, 0.5).draw(4, gen) is None  # empty
+    full = ReplayBuffer(6, 0.0)
+    full.store(_fakes(0))
+    assert full.draw(4, gen) is None  # prob 0
+    assert torch.equal(gen.get_state(), before)
+    mixing = ReplayBuffer(6, 0.5)
+    mixing.store(_fakes(0))
+    swap, index = mixing.draw(5, gen)
+    assert swap.shape == index.shape == (5,) and swap.dtype == torch.bool
+    assert int(index.min()) >= 0 and int(index.max()) < 4  # only the 4 samples stored
+
+
+def test_replace_samples_is_the_mix_and_store_is_separate():
+    buffer, gen = ReplayBuffer(8, 0.5), _seeded(5)
+    buffer.store(_fakes(0))
+    draw = buffer.draw(4, gen)
+    by_parts = replace_samples(_fakes(1), draw.swap, buffer.replayed(draw.index))
+    same = ReplayBuffer(8, 0.5)
+    same.store(_fakes(0))
+    torch.testing.assert_close(same.mix(_fakes(1), draw), by_parts, rtol=0, atol=0)
+    expected = torch.where(draw.swap[:, None], _fakes(0)[draw.index], _fakes(1))
+    torch.testing.assert_close(by_parts, expected, rtol=0, atol=0)
+    assert len(buffer) == 4  # replace_samples stored nothing; mix stored its batch
+    assert len(same) == 8
+
+
 def test_replay_prob_zero_never_replaces_and_prob_one_always_does_once_filled():
-    never = ReplayBuffer(8, 0.0, torch.Generator().manual_seed(0))
-    for step, x in enumerate(_run(never, 5)):
+    for step, x in enumerate(_run(ReplayBuffer(8, 0.0), _seeded(), 5)):
         torch.testing.assert_close(x, _fakes(step), rtol=0, atol=0)
-    always = ReplayBuffer(8, 1.0, torch.Generator().manual_seed(0))
-    out = _run(always, 5)
+    out = _run(ReplayBuffer(8, 1.0), _seeded(), 5)
     torch.testing.assert_close(out[0], _fakes(0), rtol=0, atol=0)  # empty buffer: kept
     for step in range(1, 5):
         ids = out[step][:, 0]
@@ -127,59 +163,62 @@ def test_replay_prob_zero_never_replaces_and_prob_one_always_does_once_filled():
 
 
 def test_replay_ring_keeps_the_newest_capacity_samples_and_detaches():
-    buffer = ReplayBuffer(6, 1.0, torch.Generator().manual_seed(0))
+    buffer, gen = ReplayBuffer(6, 1.0), _seeded()
     fake = _fakes(0).requires_grad_()
-    buffer.mix(fake)
-    buffer.mix(_fakes(1))
+    _mix(buffer, fake, gen)
+    _mix(buffer, _fakes(1), gen)
     assert len(buffer) == 6 and not buffer.buffer.requires_grad
     stored = sorted(buffer.buffer[:, 0].tolist())
     assert stored == [2.0, 3.0, 100.0, 101.0, 102.0, 103.0]
-    big = ReplayBuffer(3, 0.0, torch.Generator())
-    big.mix(_fakes(5, b=7))
+    big = ReplayBuffer(3, 0.0)
+    big.store(_fakes(5, b=7))
     assert sorted(big.buffer[:, 0].tolist()) == [504.0, 505.0, 506.0]
 
 
 def test_replay_keeps_the_autograd_history_of_kept_samples():
-    buffer = ReplayBuffer(4, 0.0, torch.Generator())
+    buffer = ReplayBuffer(4, 0.0)
     fake = _fakes(0).requires_grad_()
-    out = buffer.mix(fake)
+    out = _mix(buffer, fake, _seeded())
     out.sum().backward()
     torch.testing.assert_close(fake.grad, torch.ones_like(fake))
 
 
 def test_replay_state_round_trip_continues_identically():
-    gen = torch.Generator().manual_seed(3)
-    buffer = ReplayBuffer(5, 0.5, gen)
-    _run(buffer, 3)
+    gen = _seeded(3)
+    buffer = ReplayBuffer(5, 0.5)
+    _run(buffer, gen, 3)
     state, gen_state = buffer.state_dict(), gen.get_state()
     blob = io.BytesIO()
     torch.save(state, blob)
     blob.seek(0)
-    expected = [buffer.mix(_fakes(s)) for s in range(3, 6)]
+    expected = [_mix(buffer, _fakes(s), gen) for s in range(3, 6)]
 
     gen2 = torch.Generator()
     gen2.set_state(gen_state)
-    restored = ReplayBuffer(5, 0.5, gen2)
+    restored = ReplayBuffer(5, 0.5)
     restored.load_state_dict(torch.load(blob, weights_only=True))
     assert len(restored) == 5
     for s, x in zip(range(3, 6), expected, strict=True):
-        torch.testing.assert_close(restored.mix(_fakes(s)), x, rtol=0, atol=0)
-    empty = ReplayBuffer(5, 0.5, torch.Generator())
-    empty.load_state_dict(ReplayBuffer(5, 0.5, torch.Generator()).state_dict())
+        torch.testing.assert_close(_mix(restored, _fakes(s), gen2), x, rtol=0, atol=0)
+    empty = ReplayBuffer(5, 0.5)
+    empty.load_state_dict(ReplayBuffer(5, 0.5).state_dict())
     assert len(empty) == 0 and empty.buffer is None
 
 
 def test_replay_errors():
-    g = torch.Generator()
     with pytest.raises(ValueError, match="`capacity`"):
-        ReplayBuffer(0, 0.5, g)
+        ReplayBuffer(0, 0.5)
     with pytest.raises(ValueError, match="`prob`"):
-        ReplayBuffer(4, 1.5, g)
+        ReplayBuffer(4, 1.5)
+    buffer = ReplayBuffer(4, 0.5)
     with pytest.raises(TypeError, match="`generator`"):
-        ReplayBuffer(4, 0.5, 0)
-    buffer = ReplayBuffer(4, 0.5, g)
-    buffer.mix(torch.zeros(2, 3))
+        buffer.draw(2, 0)
+    with pytest.raises(ValueError, match="empty"):
+        buffer.replayed(torch.zeros(2, dtype=torch.int64))
+    buffer.mix(torch.zeros(2, 3), None)
     with pytest.raises(ValueError, match="shape"):
-        buffer.mix(torch.zeros(2, 4))
+        buffer.mix(torch.zeros(2, 4), None)
+    with pytest.raises(ValueError, match="shape"):
+        buffer.store(torch.zeros(2, 4))
     with pytest.raises(ValueError, match="capacity 4"):
-        ReplayBuffer(5, 0.5, g).load_state_dict(buffer.state_dict())
+        ReplayBuffer(5, 0.5).load_state_dict(buffer.state_dict())

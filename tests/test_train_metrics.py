@@ -1,5 +1,5 @@
-"""fastgp.train.metrics: mode coverage on exact and collapsed samplers, exact W1 on clouds
-whose answer is known, and evaluate_generator's determinism and mode handling."""
+"""fastgp.train.evaluation.metrics: mode coverage on exact and collapsed samplers, exact W1
+on clouds whose answer is known, and evaluate_generator's determinism and mode handling."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from fastgp.train.data import load_dataset
-from fastgp.train.metrics import (
+from fastgp.train.evaluation.metrics import (
     MAX_W1_POINTS,
     evaluate_generator,
     image_statistics,

@@ -1,4 +1,4 @@
-"""fastgp.train.objectives: loss formulas, regulariser dispatch, clipping, drift, errors."""
+"""fastgp.train.gan.objectives: loss formulas, regulariser dispatch, clipping, drift, errors."""
 
 from __future__ import annotations
 
@@ -9,14 +9,15 @@ import torch
 from torch import nn
 
 import fastgp
-from fastgp.train import objectives
-from fastgp.train.objectives import (
+from fastgp.train.gan import objectives
+from fastgp.train.gan.objectives import (
     OBJECTIVES,
     PENALTIES,
     check_combination,
     clip_weights,
     critic_loss,
     default_penalty,
+    draw_penalty,
     drift_penalty,
     generator_loss,
     regularizer,
@@ -133,11 +134,12 @@ def test_regularizer_matches_the_direct_fastgp_call(kind):
         fake,
         weight=3.0,
         backend="torch",
-        generator=torch.Generator().manual_seed(7),
+        draws=draw_penalty(kind, real.shape, real.dtype, torch.Generator().manual_seed(7)),
     )
     expected, expected_norms = _direct(kind, critic, real, fake, 3.0, seed=7)
-    torch.testing.assert_close(penalty, expected)
-    torch.testing.assert_close(norms, expected_norms)
+    # Bit for bit: the draws are fastgp's own (DRAGAN's points are rebuilt from them).
+    torch.testing.assert_close(penalty, expected, rtol=0, atol=0)
+    torch.testing.assert_close(norms, expected_norms, rtol=0, atol=0)
     assert norms.shape == (6,) and not norms.requires_grad
     # The penalty's gradient reaches the critic's weights as the direct call's does (the
     # last bias does not affect the input gradient, hence allow_unused).
@@ -233,10 +235,36 @@ def test_regularizer_removes_the_grad_scale(kind, scale):
             weight=2.0,
             backend="torch",
             grad_scale=grad_scale,
-            generator=torch.Generator().manual_seed(0),
+            draws=draw_penalty(kind, real.shape, real.dtype, torch.Generator().manual_seed(0)),
         )
         for grad_scale in (None, scale)
     ]
     (plain, plain_norms), (scaled, scaled_norms) = results
     torch.testing.assert_close(scaled, plain)
     torch.testing.assert_close(scaled_norms, plain_norms)
+
+
+def test_draw_penalty_draws_what_each_penalty_needs():
+    g = torch.Generator().manual_seed(0)
+    assert draw_penalty("r1", (4, 3), torch.float32, g) == (None, None)
+    assert draw_penalty("none", (4, 3), torch.float32, g) == (None, None)
+    gp = draw_penalty("gp", (4, 3), torch.float32, g)
+    assert gp.alpha.shape == (4,) and gp.alpha.dtype == torch.float32 and gp.noise is None
+    dragan = draw_penalty("dragan", (4, 3), torch.float64, g)
+    assert dragan.alpha.dtype == dragan.noise.dtype == torch.float64  # fp64 accumulates in fp64
+    assert dragan.noise.shape == (4, 3)
+    # bf16 points: fastgp draws alpha in their accumulation dtype, fp32.
+    assert draw_penalty("lp", (2, 3), torch.bfloat16, g).alpha.dtype == torch.float32
+    with pytest.raises(ValueError, match="`penalty`"):
+        draw_penalty("wgan", (4, 3), torch.float32, g)
+
+
+@pytest.mark.parametrize("kind", ["gp", "dragan"])
+def test_regularizer_without_draws_uses_the_global_rng(kind):
+    critic = _critic()
+    real, fake = _batches()
+    torch.manual_seed(11)
+    first, _ = regularizer(kind, critic, real, fake, weight=1.0, backend="torch")
+    torch.manual_seed(11)
+    again, _ = regularizer(kind, critic, real, fake, weight=1.0, backend="torch")
+    torch.testing.assert_close(first, again, rtol=0, atol=0)

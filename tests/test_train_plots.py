@@ -1,4 +1,5 @@
-"""fastgp.train.plots: files are valid PNGs of the documented sizes, written atomically."""
+"""fastgp.train.evaluation.plots: files are valid PNGs of the documented sizes, written
+atomically."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from fastgp.train.plots import (
+from fastgp.train.evaluation.plots import (
     GRID_PADDING,
     image_grid,
     save_image_grid,

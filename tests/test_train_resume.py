@@ -13,21 +13,21 @@ from pathlib import Path
 import pytest
 import torch
 
-from fastgp.train.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint
 from fastgp.train.cli import main_train
-from fastgp.train.run_log import read_metrics
+from fastgp.train.run.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint
+from fastgp.train.run.run_log import read_metrics
 
 VOLATILE = {"time", "samples_per_s", "steps_per_s"}  # wall-clock fields differ run to run
 
 
-def tiny(run_dir: Path, steps: int, *extra: str) -> list[str]:
+def tiny(run_dir: Path, steps: int, *extra: str, backend: str = "torch") -> list[str]:
     return [
         "--dataset", "25gaussians", "--steps", str(steps), "--batch-size", "32", "--nf", "16",
         "--nf-g", "16",
         "--n-critic", "3", "--lazy-reg", "2", "--lr-schedule", "constant", "--ema", "0.9",
         "--ema-start", "2", "--replay-size", "64", "--log-every", "2", "--sample-every", "0",
         "--eval-every", "0", "--checkpoint-every", "3", "--eval-samples", "100",
-        "--backend", "torch", "--no-tensorboard", "--no-progress", "--run-dir", str(run_dir),
+        "--backend", backend, "--no-tensorboard", "--no-progress", "--run-dir", str(run_dir),
         *extra,
     ]  # fmt: skip
 
@@ -67,10 +67,13 @@ def final_state(run_dir: Path) -> dict:
     return state
 
 
-def test_resume_is_bit_identical(tmp_path):
+@pytest.mark.parametrize("backend", ["torch", "cpp"])
+def test_resume_is_bit_identical(tmp_path, request, backend):
+    if backend == "cpp":
+        request.getfixturevalue("cpp_built")
     whole, split = tmp_path / "whole", tmp_path / "split"
-    assert main_train(tiny(whole, 8)) == 0
-    assert main_train(tiny(split, 4, "--checkpoint-every", "4")) == 0
+    assert main_train(tiny(whole, 8, backend=backend)) == 0
+    assert main_train(tiny(split, 4, "--checkpoint-every", "4", backend=backend)) == 0
     assert main_train(["--resume", str(split), "--steps", "8", "--no-progress"]) == 0
     assert_same_state(final_state(whole), final_state(split))
     lines = training_lines(whole)

@@ -39,7 +39,7 @@ def _starting_config(requested: dict[str, Any]):
     """``(config, resuming)``: a fresh config from the requested options, or the saved
     config of the run being resumed with the options that may change applied."""
     from fastgp.train import config
-    from fastgp.train.checkpoint import latest_checkpoint
+    from fastgp.train.run.checkpoint import latest_checkpoint
 
     resume, run_dir = requested.get("resume"), requested.get("run_dir")
     if resume and run_dir and Path(resume).resolve() != Path(run_dir).resolve():
@@ -92,10 +92,12 @@ def _train(prog: str, cfg, device, resuming: bool) -> int:
     import torch
 
     from fastgp.backends import BackendUnavailable, resolve_backend
-    from fastgp.train import config, distributed
-    from fastgp.train.checkpoint import latest_checkpoint, load_checkpoint
+    from fastgp.train import config
     from fastgp.train.data import load_dataset
-    from fastgp.train.loop import Trainer
+    from fastgp.train.run import distributed
+    from fastgp.train.run.checkpoint import latest_checkpoint, load_checkpoint
+    from fastgp.train.run.loop import run_training
+    from fastgp.train.run.trainer import Trainer
 
     if cfg.deterministic:
         torch.use_deterministic_algorithms(True)
@@ -114,26 +116,27 @@ def _train(prog: str, cfg, device, resuming: bool) -> int:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
 
-    ctx = distributed.init_distributed(device)
+    try:  # under torchrun: join the group, each process on its own device
+        ctx = distributed.init_distributed(device)
+    except ValueError as e:
+        return _error(prog, str(e))
     try:
         if ctx.enabled:
             # Rank 0's auto run directory (its timestamp) is everyone's.
             cfg = config.merge(
                 cfg.to_dict(), {"run_dir": distributed.gather_objects(cfg.run_dir, ctx)[0]}
             )
-            if ctx.local_rank and device.type == "cuda":
-                device = torch.device("cuda", ctx.local_rank)
         if ctx.is_main:
             Path(cfg.run_dir).mkdir(parents=True, exist_ok=True)
             config.save(cfg, cfg.run_dir)
-        trainer = Trainer(cfg, dataset, ctx, device)
+        trainer = Trainer(cfg, dataset, ctx)
         if resuming:
             path = latest_checkpoint(cfg.run_dir) if ctx.is_main else None
             path = distributed.gather_objects(str(path) if path else None, ctx)[0]
             trainer.load_state_dict(load_checkpoint(path))
         if ctx.is_main:
-            _print_header(cfg, trainer, dataset, device, resuming, ctx.world_size)
-        outcome = trainer.run(resumed=resuming)
+            _print_header(cfg, trainer, dataset, ctx.device, resuming, ctx.world_size)
+        outcome = run_training(trainer, resumed=resuming)
         if ctx.is_main:
             stream = sys.stdout if outcome.status == "finished" else sys.stderr
             print(outcome.message, file=stream)
@@ -191,8 +194,8 @@ def main_sample(argv: list[str]) -> int:
         help="use the EMA generator (default: when the run has one)",
     )
     args = parser.parse_args(argv)
-    from fastgp.train.checkpoint import CheckpointError
-    from fastgp.train.sampling import build_networks, draw, load_run, write_samples
+    from fastgp.train.evaluation.sampling import build_networks, draw, load_run, write_samples
+    from fastgp.train.run.checkpoint import CheckpointError
 
     try:
         if Path(args.out).suffix.lower() not in (".png", ".npy", ".npz", ".pt"):
@@ -227,9 +230,9 @@ def main_eval(argv: list[str]) -> int:
     )
     parser.add_argument("--json", action="store_true", help="print one JSON object only")
     args = parser.parse_args(argv)
-    from fastgp.train.checkpoint import CheckpointError
-    from fastgp.train.run_log import jsonable
-    from fastgp.train.sampling import evaluate_run, format_metrics, load_run
+    from fastgp.train.evaluation.sampling import evaluate_run, format_metrics, load_run
+    from fastgp.train.run.checkpoint import CheckpointError
+    from fastgp.train.run.run_log import jsonable
 
     try:
         result = evaluate_run(load_run(args.run), num=args.num, seed=args.seed, ema=args.ema)

@@ -16,9 +16,13 @@ norm) is allowed.
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 from torch import Tensor, nn
 from torch.nn.utils.parametrizations import spectral_norm as _spectral_norm
+
+if TYPE_CHECKING:
+    from fastgp.train.config import TrainConfig
 
 ARCHS = ("mlp", "dcgan28", "dcgan32", "dcgan64")
 CRITIC_NORMS = ("none", "layer", "instance")
@@ -363,3 +367,17 @@ def build_models(
 def count_parameters(module: nn.Module) -> int:
     """Number of trainable parameter elements."""
     return sum(p.numel() for p in module.parameters() if p.requires_grad)
+
+
+def build_networks(cfg: TrainConfig, sample_shape: tuple[int, ...]) -> tuple[nn.Module, nn.Module]:
+    """``(generator, critic)`` of a resolved config; the generator has width ``nf_g`` (taken
+    from a pair built at that width when it differs from the critic's ``nf``)."""
+    pair = {
+        "spectral_norm": cfg.spectral_norm,
+        "critic_norm": cfg.critic_norm,
+        "generator_norm": cfg.generator_norm,
+    }
+    generator, critic = build_models(cfg.arch, sample_shape, cfg.z_dim, cfg.nf, **pair)
+    if cfg.nf_g != cfg.nf:
+        generator = build_models(cfg.arch, sample_shape, cfg.z_dim, cfg.nf_g, **pair)[0]
+    return generator, critic

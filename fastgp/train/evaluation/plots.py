@@ -21,7 +21,7 @@ from matplotlib.figure import Figure
 from PIL import Image
 from torch import Tensor, nn
 
-from fastgp.train.checkpoint import atomic_write
+from fastgp.train.run.checkpoint import atomic_write
 
 GRID_PADDING = 2  # pixels between and around images in ``save_image_grid``
 CONTOUR_RESOLUTION = 128  # critic evaluations per axis in ``save_toy_plot``

@@ -15,7 +15,9 @@ Objectives:
 
 Penalties (all through ``fastgp``): ``gp`` (WGAN-GP, two-sided, centre 1), ``lp`` (WGAN-LP,
 one-sided), ``r1`` (zero-centred on real), ``r2`` (zero-centred on fake), ``dragan``
-(around perturbed real data), ``none``.
+(around perturbed real data), ``none``. Their random inputs (interpolation weights,
+DRAGAN's noise) are drawn by ``draw_penalty`` and handed to ``regularizer``, so the
+trainer's critic step draws nothing itself.
 
 Default penalty per objective (``default_penalty``): wgan-gp -> gp, wgan-lp -> lp; wgan-clip
 -> none (clipping is its constraint); lsgan and hinge -> none, as in their papers (R1 is a
@@ -28,7 +30,8 @@ on a gradient penalty) but does not forbid them.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -140,6 +143,42 @@ def wasserstein_estimate(d_real: Tensor, d_fake: Tensor) -> Tensor:
     return (real.mean() - fake.mean()).detach()
 
 
+class PenaltyDraws(NamedTuple):
+    """The random inputs of a regulariser, drawn before it runs (``draw_penalty``).
+
+    Attributes:
+        alpha: (B,) interpolation weights U[0, 1) (gp, lp, dragan), or None.
+        noise: (B, *) U[0, 1), DRAGAN's perturbation before scaling, or None.
+    """
+
+    alpha: Tensor | None = None
+    noise: Tensor | None = None
+
+
+def draw_penalty(
+    kind: str,
+    shape: Sequence[int],
+    dtype: torch.dtype,
+    generator: torch.Generator | None = None,
+    device: torch.device | str | None = None,
+) -> PenaltyDraws:
+    """Everything ``regularizer(kind, ...)`` needs at random for points of ``shape`` and
+    ``dtype``, drawn exactly as fastgp would draw it from ``generator`` (alpha, then DRAGAN's
+    noise; in the accumulation dtype of ``dtype``), so the result is the same whoever draws.
+
+    Draws on the generator's device (``device``, default CPU, with the global RNG).
+    """
+    check_penalty(kind)
+    where = generator.device if generator is not None else device
+    acc = reference.accumulation_dtype(dtype)
+    alpha = noise = None
+    if kind in ("gp", "lp", "dragan"):
+        alpha = torch.rand(shape[0], generator=generator, device=where, dtype=acc)
+    if kind == "dragan":
+        noise = torch.rand(tuple(shape), generator=generator, device=where, dtype=acc)
+    return PenaltyDraws(alpha, noise)
+
+
 def regularizer(
     kind: str,
     critic: Callable[[Tensor], Tensor],
@@ -149,7 +188,7 @@ def regularizer(
     weight: float,
     grad_scale: float | torch.amp.GradScaler | None = None,
     backend: str = "auto",
-    generator: torch.Generator | None = None,
+    draws: PenaltyDraws | None = None,
 ) -> tuple[Tensor, Tensor | None]:
     """The critic regulariser ``kind``, computed by ``fastgp``.
 
@@ -162,7 +201,8 @@ def regularizer(
             ``lp``: the same with ``one_sided=True``;
             ``r1``: ``fastgp.r1_penalty(real, gamma=weight)`` = weight/2 * mean ||grad||^2;
             ``r2``: ``fastgp.r2_penalty(fake, gamma=weight)``;
-            ``dragan``: ``fastgp.dragan_penalty(real, lambda_gp=weight)``;
+            ``dragan``: ``fastgp.dragan_penalty(real, lambda_gp=weight)``'s points and
+            penalty (see below);
             ``none``: a zero.
         critic: maps a (B, *) batch to scores.
         real, fake: (B, *) batches of equal shape, dtype and device.
@@ -171,7 +211,8 @@ def regularizer(
         grad_scale: a ``GradScaler`` (or its scale) for fp16: the critic output is scaled
             before the input gradient so it does not underflow, and unscaled in the norm.
         backend: ``fastgp`` backend (``auto``, ``triton``, ``cpp``, ``torch``).
-        generator: draws the interpolation weights (gp, lp) and perturbations (dragan).
+        draws: the random inputs from ``draw_penalty`` (on the batches' device, or moved
+            there); None draws them here from torch's global RNG.
 
     Returns:
         ``(penalty, norms)``: the 0-dim penalty (fp32, fp64 for fp64 inputs; it requires
@@ -187,6 +228,13 @@ def regularizer(
     if kind == "none":
         zero = torch.zeros((), dtype=reference.accumulation_dtype(real.dtype), device=real.device)
         return zero, None
+    if kind == "r1":
+        return fastgp.r1_penalty(critic, real, gamma=weight, **common)
+    if kind == "r2":
+        return fastgp.r2_penalty(critic, fake, gamma=weight, **common)
+    if draws is None:
+        draws = draw_penalty(kind, real.shape, real.dtype, device=real.device)
+    alpha = draws.alpha.to(real.device)
     if kind in ("gp", "lp"):
         return fastgp.gradient_penalty(
             critic,
@@ -195,14 +243,18 @@ def regularizer(
             lambda_gp=weight,
             center=1.0,
             one_sided=kind == "lp",
-            generator=generator,
+            alpha=alpha,
             **common,
         )
-    if kind == "r1":
-        return fastgp.r1_penalty(critic, real, gamma=weight, **common)
-    if kind == "r2":
-        return fastgp.r2_penalty(critic, fake, gamma=weight, **common)
-    return fastgp.dragan_penalty(critic, real, lambda_gp=weight, generator=generator, **common)
+    # DRAGAN as fastgp.dragan_penalty computes it, x_hat = real + alpha * delta with
+    # delta = 0.5 * std(real) * noise, written as the interpolation from real + delta to
+    # real so that the noise comes from the caller (dragan_penalty draws it itself).
+    with torch.no_grad():
+        acc = reference.accumulation_dtype(real.dtype)
+        delta = (0.5 * real.to(acc).std() * draws.noise.to(real.device)).to(real.dtype)
+    return fastgp.gradient_penalty(
+        critic, real + delta, real, lambda_gp=weight, center=1.0, alpha=alpha, **common
+    )
 
 
 def clip_weights(critic: nn.Module | Iterable[Tensor], clip: float) -> None:

@@ -1,4 +1,4 @@
-"""Atomic files, checkpoints that survive a crash, and the RNG states that make resume exact.
+"""Atomic files and checkpoints that survive a crash.
 
 Layout under a run directory::
 
@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import re
 import tempfile
 import warnings
@@ -25,7 +24,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
-import numpy as np
 import torch
 
 CHECKPOINT_DIR = "checkpoints"
@@ -215,73 +213,3 @@ def load_checkpoint(
     if not isinstance(state, dict):
         raise CheckpointError(f"checkpoint {path} holds a {type(state).__name__}, not a dict")
     return state
-
-
-def rng_state(*generators: torch.Generator) -> dict[str, Any]:
-    """Every RNG state a training step can draw from, in a ``weights_only``-loadable form.
-
-    Captures Python's ``random``, NumPy's legacy global RNG, torch's CPU RNG, every CUDA
-    device's RNG (when CUDA is initialised), and the given ``torch.Generator``s in order.
-    """
-    for i, g in enumerate(generators):
-        if not isinstance(g, torch.Generator):
-            raise TypeError(f"generator {i} must be a torch.Generator, got {type(g).__name__}")
-    version, internal, gauss = random.getstate()
-    name, keys, pos, has_gauss, cached = np.random.get_state()
-    state: dict[str, Any] = {
-        "python": {"version": version, "internal": list(internal), "gauss": gauss},
-        "numpy": {
-            "name": name,
-            "keys": torch.from_numpy(keys.astype(np.int64)),
-            "pos": int(pos),
-            "has_gauss": int(has_gauss),
-            "cached_gaussian": float(cached),
-        },
-        "torch": torch.get_rng_state(),
-        "generators": [g.get_state() for g in generators],
-    }
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def restore_rng_state(state: dict[str, Any], *generators: torch.Generator) -> None:
-    """Put back the states ``rng_state`` captured, the generators in the same order.
-
-    CUDA states are restored when present and CUDA is available (a CUDA checkpoint resumed
-    on a CPU-only machine warns that the CUDA streams cannot be restored).
-    """
-    saved = state.get("generators")
-    if saved is None or len(saved) != len(generators):
-        count = "none" if saved is None else len(saved)
-        raise ValueError(
-            f"the RNG state holds {count} generator states but {len(generators)} "
-            "generators were given; pass the same generators, in the same order, as to "
-            "rng_state"
-        )
-    py = state["python"]
-    random.setstate((py["version"], tuple(py["internal"]), py["gauss"]))
-    npy = state["numpy"]
-    np.random.set_state(
-        (
-            npy["name"],
-            npy["keys"].numpy().astype(np.uint32),
-            npy["pos"],
-            npy["has_gauss"],
-            npy["cached_gaussian"],
-        )
-    )
-    # Generator states are CPU byte tensors whatever the generator's device; a checkpoint
-    # loaded with map_location="cuda" would hand them over on the GPU.
-    torch.set_rng_state(state["torch"].cpu())
-    for g, s in zip(generators, saved, strict=True):
-        g.set_state(s.cpu())
-    if "cuda" in state:
-        if torch.cuda.is_available():
-            torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
-        else:
-            warnings.warn(
-                "the RNG state holds CUDA generator states but CUDA is not available here; "
-                "they are not restored, so GPU-side random draws will differ",
-                stacklevel=2,
-            )

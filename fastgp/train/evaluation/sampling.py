@@ -18,12 +18,12 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from fastgp.train.checkpoint import atomic_write, latest_checkpoint, load_checkpoint
 from fastgp.train.config import TrainConfig, merge
 from fastgp.train.data import Dataset, load_dataset
-from fastgp.train.loop import build_networks as build_untrained
-from fastgp.train.metrics import evaluate_generator, generate
-from fastgp.train.plots import save_image_grid, save_toy_plot
+from fastgp.train.evaluation.metrics import evaluate_generator, generate
+from fastgp.train.evaluation.plots import save_image_grid, save_toy_plot
+from fastgp.train.models import build_networks as build_untrained
+from fastgp.train.run.checkpoint import atomic_write, latest_checkpoint, load_checkpoint
 
 SAMPLE_FORMATS = (".png", ".npy", ".npz", ".pt")
 
