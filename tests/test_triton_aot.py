@@ -25,15 +25,35 @@ from benchmarks import triton_aot
 
 ROOT = Path(__file__).resolve().parent.parent
 
-# Spills ptxas reports that are known and accepted, with the reason, keyed by (kernel,
-# dtype, tile constexprs, arch). The list must stay exact: an entry whose configuration is
-# compiled but no longer spills fails ``test_known_spills_are_current``.
-KNOWN_SPILLS: dict[tuple[str, str, str, int], str] = {
-    ("_penalty_finalize_kernel", "fp64", "BLOCK_G=1024 BLOCK_L=1", 80): (
-        "fp64 finalize with 8 groups per thread (BLOCK_G=1024 over 128 threads): ptxas for "
-        "sm_80 keeps 64 registers and spills 4 bytes around the fp64 sqrt/div slow paths. "
-        "One program per penalty, so negligible; 8 warps would avoid it (48 registers)"
-    ),
+# Spills ptxas reports that are known and accepted, keyed by (kernel, dtype, tile
+# constexprs, arch): the reason, and the Triton versions whose ptxas spills there (3.9.0:
+# this machine's; 3.6.0: the GPU image's). All were found by the full grid; all are 4-16
+# bytes in programs of the large tile (8 warps) or in the one-program finalize, where ptxas
+# settles on 40-80 registers. The list must stay exact: an entry none of whose compiled
+# specializations spills under one of its versions fails ``test_known_spills_are_current``.
+_LARGE_TILE = "8 warps, 16 elements of each tensor per thread: ptxas stops at 80 registers"
+_FINALIZE = "the one-program finalize (fp64 sqrt/div slow paths): negligible, runs once"
+_V39, _V36, _BOTH = {"3.9.0"}, {"3.6.0"}, {"3.6.0", "3.9.0"}
+KNOWN_SPILLS: dict[tuple[str, str, str, int], tuple[str, set[str]]] = {
+    (kernel, dtype, tile, arch): (reason, versions)
+    for kernel, dtype, tile, arch, reason, versions in [
+        ("_interpolate_kernel", "fp16", "BLOCK_B=2048 BLOCK_D=2", 80, _LARGE_TILE, _V39),
+        ("_interpolate_kernel", "fp16", "BLOCK_B=16 BLOCK_D=256", 80, _LARGE_TILE, _V36),
+        ("_interpolate_kernel", "fp16", "BLOCK_B=2 BLOCK_D=2048", 90, _LARGE_TILE, _V36),
+        ("_interpolate_kernel", "fp16", "BLOCK_B=1 BLOCK_D=4096", 80, _LARGE_TILE, _V36),
+        ("_interpolate_backward_kernel", "fp32", "BLOCK_B=2048 BLOCK_D=2", 80, _LARGE_TILE, _BOTH),
+        ("_interpolate_backward_kernel", "fp32", "BLOCK_B=2048 BLOCK_D=2", 90, _LARGE_TILE, _V36),
+        ("_interpolate_backward_kernel", "fp32", "BLOCK_B=512 BLOCK_D=8", 80, _LARGE_TILE, _BOTH),
+        ("_interpolate_backward_kernel", "fp16", "BLOCK_B=1024 BLOCK_D=4", 80, _LARGE_TILE, _V36),
+        ("_interpolate_backward_kernel", "fp16", "BLOCK_B=512 BLOCK_D=8", 80, _LARGE_TILE, _BOTH),
+        ("_interpolate_backward_kernel", "bf16", "BLOCK_B=1024 BLOCK_D=4", 80, _LARGE_TILE, _V36),
+        ("_interpolate_backward_kernel", "bf16", "BLOCK_B=512 BLOCK_D=8", 80, _LARGE_TILE, _BOTH),
+        ("_penalty_sum_squares_kernel", "fp64", "BLOCK_B=8 BLOCK_D=512", 80, _LARGE_TILE, _V36),
+        ("_penalty_finalize_kernel", "fp32", "BLOCK_G=4 BLOCK_L=256", 90, _FINALIZE, _V36),
+        ("_penalty_finalize_kernel", "fp64", "BLOCK_G=1024 BLOCK_L=1", 80, _FINALIZE, _V39),
+        ("_penalty_finalize_kernel", "fp64", "BLOCK_G=64 BLOCK_L=16", 80, _FINALIZE, _V36),
+        ("_penalty_finalize_kernel", "fp64", "BLOCK_G=4 BLOCK_L=256", 80, _FINALIZE, _V36),
+    ]
 }
 
 
@@ -94,24 +114,42 @@ def test_every_launch_pins_fp_fusion_off(aot: triton_aot.Run) -> None:
     assert fused == [], "compiled with enable_fp_fusion=True"
 
 
+def _is_triton_jit(decorator: ast.expr) -> bool:
+    target = decorator.func if isinstance(decorator, ast.Call) else decorator
+    return isinstance(target, ast.Attribute) and target.attr == "jit"
+
+
 def test_every_kernel_launch_goes_through_launch_helper() -> None:
-    """No ``kernel[grid](...)`` call in fastgp except in ``launch.py``, so every launch gets
-    the pinned options (and is seen by the recorder the other checks rely on)."""
+    """No ``kernel[grid](...)`` of a ``@triton.jit`` function anywhere in fastgp except in
+    ``launch.py``, so every launch gets the pinned options (and is seen by the recorder
+    the other checks rely on)."""
+    trees = {p: ast.parse(p.read_text(), str(p)) for p in sorted((ROOT / "fastgp").rglob("*.py"))}
+    kernels = {
+        node.name
+        for tree in trees.values()
+        for node in ast.walk(tree)
+        if isinstance(node, ast.FunctionDef) and any(map(_is_triton_jit, node.decorator_list))
+    }
+    assert {"_interpolate_kernel", "_penalty_backward_kernel"} <= kernels
     direct = []
-    for path in sorted((ROOT / "fastgp").rglob("*.py")):
+    for path, tree in trees.items():
         if path.name == "launch.py" and path.parent.name == "triton":
             continue
-        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        for node in ast.walk(tree):
             if isinstance(node, ast.Call) and isinstance(node.func, ast.Subscript):
-                direct.append(f"{path.relative_to(ROOT)}:{node.lineno}")
+                value = node.func.value
+                name = value.id if isinstance(value, ast.Name) else getattr(value, "attr", None)
+                if name in kernels:
+                    direct.append(f"{path.relative_to(ROOT)}:{node.lineno} {name}[...](...)")
     assert direct == []
 
 
 def test_grid_reaches_every_configuration(aot: triton_aot.Run, request) -> None:
     """The grid requests what it claims: every dtype of every kernel; both tiles, packed and
     split rows, D = 1, D % 16 == 0 and not, an unaligned row (float32); every flag
-    combination; the finalize tile with L = 1 and at its column cap. The full grid also
-    reaches every (BLOCK_B, BLOCK_D, num_warps) that ``interpolate._tile`` can return."""
+    combination; a float64 bit pattern bound as i32 (center 0) and as i64; the finalize
+    tile with L = 1, L % 16 == 0 and not, and at its column cap. The full grid also reaches
+    every (BLOCK_B, BLOCK_D, num_warps) that ``interpolate._tile`` can return."""
     # The package re-exports functions named like its modules: fetch the module by path.
     tile = importlib.import_module("fastgp.backends.triton.interpolate")._tile
     seen: dict[str, set] = {}
@@ -124,8 +162,11 @@ def test_grid_reaches_every_configuration(aot: triton_aot.Run, request) -> None:
         facts.add(("dtype", spec.dtype()))
         facts.add(("flags",) + tuple(const.get(k) for k in ("HAS_REAL", "HAS_FAKE")))
         facts.add(("flags",) + tuple(const.get(k) for k in ("ONE_SIDED", "HAS_SCALE")))
+        if "center_bits" in dict(spec.signature):
+            facts.add(("center_bits", dict(spec.signature)["center_bits"]))
         if spec.name == "_penalty_finalize_kernel":
             facts.add(("L=1", const.get("L") == 1))
+            facts.add(("L%16", ("tt.divisibility", 16) in attrs.get("L", ())))
             facts.add(("capped", const["BLOCK_L"] == 256))
             continue
         tiling = (const["BLOCK_B"], const["BLOCK_D"], warps)
@@ -145,9 +186,10 @@ def test_grid_reaches_every_configuration(aot: triton_aot.Run, request) -> None:
             ("flags", True, True),
         },
         "_penalty_sum_squares_kernel": {("flags", None, None)},
-        "_penalty_backward_kernel": {("flags", o, s) for o in (False, True) for s in (False, True)},
+        "_penalty_backward_kernel": {("flags", o, s) for o in (False, True) for s in (False, True)}
+        | {("center_bits", "i32"), ("center_bits", "i64")},
     }
-    fp32_facts = {(k, v) for k in ("split", "D=1", "D%16", "unaligned row") for v in (0, 1)}
+    fp32_facts = {(k, v) for k in ("split", "D=1", "D%16", "unaligned row") for v in (False, True)}
     fp32_facts |= {("warps", 4), ("warps", 8)}
     missing = {}
     for name, flags in row_kernels.items():
@@ -158,6 +200,7 @@ def test_grid_reaches_every_configuration(aot: triton_aot.Run, request) -> None:
             want |= {("tile", tile(b, 2**k)) for b in (1, 2**20) for k in range(13)}
         missing[name] = sorted(want - seen.get(name, set()), key=str)
     finalize = {("dtype", "fp32"), ("dtype", "fp64"), ("L=1", True), ("capped", True)}
+    finalize |= {("L%16", True), ("L%16", False), ("center_bits", "i32"), ("center_bits", "i64")}
     finalize |= {("flags", o, s) for o in (False, True) for s in (False, True)}
     missing["_penalty_finalize_kernel"] = sorted(
         finalize - seen.get("_penalty_finalize_kernel", set()), key=str
@@ -174,30 +217,39 @@ def test_every_specialization_compiles(aot: triton_aot.Run) -> None:
     assert failed == []
 
 
+def _known_spill(result) -> bool:
+    import triton
+
+    entry = KNOWN_SPILLS.get(_spill_key(result))
+    return entry is not None and triton.__version__ in entry[1]
+
+
 def test_no_register_spills(aot: triton_aot.Run) -> None:
     """ptxas reports no spill stores or loads and no stack frame, and the SASS has no
-    local-memory instructions, except the spills listed in KNOWN_SPILLS."""
-    spilled = []
-    for r in _compiled(aot):
-        a = r.analysis
-        if (a.spill_stores or a.spill_loads or a.stack or a.local_memory_ops) and (
-            _spill_key(r) not in KNOWN_SPILLS
-        ):
-            spilled.append(f"{_where(r)}: {a.ptxas_log}")
+    local-memory instructions, except the spills listed in KNOWN_SPILLS for this Triton."""
+    spilled = [
+        f"{_where(r)}: {r.analysis.ptxas_log}"
+        for r in _compiled(aot)
+        if (r.analysis.spill_stores or r.analysis.spill_loads or r.analysis.stack)
+        or r.analysis.local_memory_ops
+        if not _known_spill(r)
+    ]
     assert spilled == []
 
 
 def test_known_spills_are_current(aot: triton_aot.Run) -> None:
-    """Every compiled configuration of a KNOWN_SPILLS entry still spills (remove the entry
-    once the kernel is fixed), and by at most 8 bytes each way."""
-    stale, large = [], []
+    """Every KNOWN_SPILLS entry of this Triton version that the grid compiles still spills
+    in at least one of its specializations (remove the entry once the kernel is fixed),
+    and no spill exceeds 16 bytes each way."""
+    spilling: dict[tuple, bool] = {}
+    large = []
     for r in _compiled(aot):
-        if _spill_key(r) in KNOWN_SPILLS:
+        if _known_spill(r):
             spilled = max(r.analysis.spill_stores, r.analysis.spill_loads)
-            if spilled == 0:
-                stale.append(_where(r))
-            if spilled > 8:
+            spilling[_spill_key(r)] = spilling.get(_spill_key(r), False) or spilled > 0
+            if spilled > 16:
                 large.append(f"{_where(r)}: {spilled} bytes")
+    stale = [key for key, did in spilling.items() if not did]
     assert stale == [], "no longer spills: remove its entry from KNOWN_SPILLS"
     assert large == []
 

@@ -47,13 +47,16 @@ class Specialization:
         return next(t[1:] for _, t in self.signature if t.startswith("*"))
 
     def describe(self) -> str:
-        """Short human form: constexprs, integer hints, unaligned pointers, warps."""
+        """Short human form: constexprs, integer hints, unaligned pointers, float64 bit
+        patterns bound as i32, warps."""
         const = dict(self.constexprs)
         attrs = dict(self.attrs)
         parts = [f"{k}={v}" for k, v in self.constexprs]
         for name, typ in self.signature:
             if typ in ("i32", "i64") and attrs.get(name):
                 parts.append(f"{name}%16")
+            if name.endswith("_bits") and typ == "i32":  # a float64 bit pattern of 0.0
+                parts.append(f"{name}:i32")
             if typ.startswith("*") and not attrs.get(name) and name not in const:
                 parts.append(f"{name}:unaligned")
         parts.append(f"warps={dict(self.options)['num_warps']}")

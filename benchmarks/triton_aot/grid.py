@@ -35,6 +35,7 @@ class Call:
     pac: int = 1
     scale: str | None = None
     offset: int = 0
+    center: float = 1.0
 
     @property
     def label(self) -> str:
@@ -53,6 +54,8 @@ class Call:
             parts.append(f"scale:{self.scale}")
         if self.offset:
             parts.append(f"offset{self.offset}")
+        if self.center != 1.0:
+            parts.append(f"center{self.center:g}")
         return " ".join(parts)
 
     def run(self) -> None:
@@ -80,11 +83,21 @@ class Call:
                 inputs[0], tensor((b,), dt=acc), self.need_real, self.need_fake
             )
         elif self.op == "penalty_forward":
-            kernels["penalty_forward"](inputs, scale, 1.0, 10.0, 1.0, self.one_sided, self.pac)
+            kernels["penalty_forward"](
+                inputs, scale, 1.0, 10.0, self.center, self.one_sided, self.pac
+            )
         elif self.op == "penalty_backward":
             norms = tensor((b // self.pac,), dt=acc)
             kernels["penalty_backward"](
-                tensor((), dt=acc), inputs, norms, scale, 1.0, 10.0, 1.0, self.one_sided, self.pac
+                tensor((), dt=acc),
+                inputs,
+                norms,
+                scale,
+                1.0,
+                10.0,
+                self.center,
+                self.one_sided,
+                self.pac,
             )
         else:
             raise ValueError(f"unknown op {self.op!r}")
@@ -144,7 +157,8 @@ def calls(full: bool) -> list[Call]:
     starting one element in) and several inputs with pac > 1 and a scale tensor (GradScaler's
     float32; in the full grid also none and the gradients' dtype); and the finalize
     program's partial-sum tile from pac * columns = 1 (a constexpr) to beyond its
-    256-column cap (full grid; the representative one takes the cap).
+    256-column cap (full grid; the representative one takes the cap); center = 0, whose
+    bit pattern binds as an i32.
     """
     shapes = tile_shapes(full)
     backward_flags = [(True, False), (False, True), (True, True)]
@@ -173,6 +187,9 @@ def calls(full: bool) -> list[Call]:
         grid.append(Call("interpolate", dtype, unaligned, offset=1))
         for op in ("interpolate_backward", "penalty_forward", "penalty_backward"):
             grid.append(Call(op, dtype, unaligned[:1], offset=1))
+        # center = 0 (zero-centred penalties): its float64 bit pattern 0 binds as i32, not i64.
+        for op in ("penalty_forward", "penalty_backward"):
+            grid.append(Call(op, dtype, ((3, 64),), center=0.0))
         several = ((8, 3, 9, 9), (8, 10), (8,))
         scales = (None, "float32", dtype) if full else ("float32",)
         for one_sided in (False, True) if full else (True,):
@@ -180,7 +197,8 @@ def calls(full: bool) -> list[Call]:
                 for op in ("penalty_forward", "penalty_backward"):
                     grid.append(Call(op, dtype, several, one_sided=one_sided, pac=4, scale=scale))
     for dtype in ("float32", "float64"):
-        columns = (1, 2, 3, 5, 9, 17, 33, 65, 129, 300) if full else (300,)
+        # 320 columns: past the cap, and L a multiple of 16 (a divisibility hint).
+        columns = (1, 2, 3, 5, 9, 16, 17, 33, 65, 129, 300, 320) if full else (320,)
         for k in columns:
             for one_sided, scale in penalty_flags if full else penalty_flags[-1:]:
                 shape = ((1, 1024 * k),)

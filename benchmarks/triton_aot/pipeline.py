@@ -6,9 +6,10 @@ spawned workers with the interpreter off: one derives the specializations (recor
 binding need the compilable kernels), then both compile, then both disassemble in batches.
 
 Cache: ``$FASTGP_CACHE_DIR/aot`` (default ``~/.cache/fastgp/aot``), one JSON file per
-(specialization, arch), keyed by Triton's version, the source of this package, the kernel's
-source hash (Triton's, covering the functions it calls), the specialization, its row
-parameters and the architecture. A warm run only re-derives the launches.
+(specialization, arch), keyed by Triton's version, the source of the code that analyzes
+(``compiled.py``, this module), the kernel's source hash (Triton's, covering the functions
+it calls), the specialization, its row parameters and the architecture. A warm run only
+re-derives the launches.
 """
 
 from __future__ import annotations
@@ -35,8 +36,9 @@ from benchmarks.triton_aot.compiled import (
 
 ARCHS = (80, 90)  # compute capabilities compiled for: A100, H100/H200
 _BATCH = 200  # code sections per nvdisasm call
-_PACKAGE_HASH = hashlib.sha256(
-    b"".join(p.read_bytes() for p in sorted(Path(__file__).parent.glob("*.py")))
+# What an analysis depends on besides its key: the code that makes it and stores it.
+_ANALYSIS_HASH = hashlib.sha256(
+    b"".join((Path(__file__).parent / name).read_bytes() for name in ("compiled.py", "pipeline.py"))
 ).hexdigest()[:16]
 
 
@@ -76,7 +78,7 @@ def _cache_file(spec: Specialization, rows: tuple[str, ...], arch: int) -> Path:
     import triton
 
     key = json.dumps(
-        [triton.__version__, _PACKAGE_HASH, asdict(spec), list(rows), arch], sort_keys=True
+        [triton.__version__, _ANALYSIS_HASH, asdict(spec), list(rows), arch], sort_keys=True
     )
     return cache_dir() / f"{hashlib.sha256(key.encode()).hexdigest()[:32]}.json"
 
