@@ -1,13 +1,18 @@
 """Whole WGAN-GP critic steps: W loss + gradient penalty, backward, Adam step.
 
-Three versions of the same step, on identical copies of one critic and the same inputs:
+Versions of the same step, on identical copies of one critic and the same inputs:
 
 - ``eager``: the penalty every public WGAN-GP implementation writes (README "Why"):
   interpolate, ``autograd.grad(create_graph=True)``, ``norm(2, dim=1)``, ``((n - 1)**2).mean()``.
-- ``compile``: the same, with the interpolation and the norm + penalty (functions of the
-  inputs and of the gradients) under ``torch.compile``; the critic's double backward itself
-  cannot be compiled (torch.compile refuses double backward through aot_autograd).
-- ``fastgp``: ``fastgp.gradient_penalty(critic, real, fake, alpha=alpha)``.
+- ``fastgp``: ``fastgp.gradient_penalty(critic, real, fake, alpha=alpha)``, eager.
+- ``compile``: the ``eager`` step with its loss and backward (everything but the optimiser's
+  ``zero_grad``/``step``, which PyTorch's optimisers keep out of graphs) compiled whole by
+  ``fastgp.compile_step``: the critic, its double backward and the penalty in one graph.
+- ``fastgp_compile``: the ``fastgp`` step compiled the same way (``backend="auto"``, which
+  inside torch.compile picks ``fastgp.backends.AUTO_WHEN_COMPILED``'s choice).
+- ``fastgp_compile_kernels``: the same with fastgp's kernels forced (the backend the suite
+  runs), the other side of that choice.
+- ``fastgp_compile_cudagraphs`` (GPU only): ``fastgp_compile`` with ``mode="reduce-overhead"``.
 
 The critics come from ``fastgp.train.models.build_models`` (the trainer's models).
 """
@@ -25,7 +30,15 @@ import fastgp
 from benchmarks.providers import LAMBDA_GP, eager_interpolate, eager_penalty
 from fastgp.train.models import build_models
 
-STEP_PROVIDERS = ("eager", "compile", "fastgp")
+STEP_PROVIDERS = ("eager", "fastgp", "compile", "fastgp_compile", "fastgp_compile_kernels")
+# Provider -> the torch.compile mode of its compiled step. The CUDA-graph one exists for
+# the GPU benchmark only (benchmarks/gpu.py): on CPU "reduce-overhead" is the default mode.
+COMPILE_MODES = {
+    "compile": None,
+    "fastgp_compile": None,
+    "fastgp_compile_kernels": None,
+    "fastgp_compile_cudagraphs": "reduce-overhead",
+}
 
 
 @dataclass(frozen=True)
@@ -49,9 +62,10 @@ class StepCase:
         return n
 
 
-# Issue 4: the toy MLP (2 -> 512 -> 512 -> 512 -> 1), DCGAN 28x28 at B=64 and B=256, and a
-# DCGAN 64x64 RGB critic.
+# The toy MLP critic (2 -> nf -> nf -> nf -> 1) at the default trainer's width 128 and at
+# 512 (issue 4's), DCGAN 28x28 at B=64 and B=256, and a DCGAN 64x64 RGB critic.
 STEP_CASES = (
+    StepCase("mlp", 256, (2,), 128),  # the critic of the default `fastgp train`
     StepCase("mlp", 256, (2,), 512),
     StepCase("dcgan28", 64, (1, 28, 28), 64),
     StepCase("dcgan28", 256, (1, 28, 28), 64),
@@ -91,20 +105,21 @@ def penalty_fn(
     provider: str, backend: str
 ) -> Callable[[nn.Module, Tensor, Tensor, Tensor], Tensor]:
     """(critic, real, fake, alpha) -> penalty for ``provider``."""
-    if provider == "eager":
+    if provider in ("eager", "compile"):
         return classic_penalty
-    if provider == "compile":
-        torch._dynamo.reset()
-        interp = torch.compile(eager_interpolate, dynamic=False)
-        pen = torch.compile(eager_penalty, dynamic=False)
-        return lambda critic, real, fake, alpha: classic_penalty(
-            critic, real, fake, alpha, interp, pen
-        )
-    if provider == "fastgp":
+    if provider not in (*STEP_PROVIDERS, *COMPILE_MODES):
+        raise ValueError(f"provider must be one of {STEP_PROVIDERS}, got {provider!r}")
+    if provider.startswith("fastgp"):
+        chosen = backend if provider in ("fastgp", "fastgp_compile_kernels") else "auto"
         return lambda critic, real, fake, alpha: fastgp.gradient_penalty(
-            critic, real, fake, alpha=alpha, lambda_gp=LAMBDA_GP, backend=backend
+            critic, real, fake, alpha=alpha, lambda_gp=LAMBDA_GP, backend=chosen
         )
     raise ValueError(f"provider must be one of {STEP_PROVIDERS}, got {provider!r}")
+
+
+def new_case() -> None:
+    """Forget compiled steps of earlier cases (dynamo caches at most 8 graphs a function)."""
+    torch._dynamo.reset()
 
 
 def step_inputs(
@@ -140,11 +155,19 @@ def step_callable(
     gp = penalty_fn(provider, backend)
     n = len(inputs)
 
-    def run(i: int) -> object:
-        real, fake, alpha = inputs[i % n]
-        opt.zero_grad(set_to_none=True)
+    def loss_and_backward(real: Tensor, fake: Tensor, alpha: Tensor) -> Tensor:
         loss = net(fake).mean() - net(real).mean() + gp(net, real, fake, alpha)
         loss.backward()
+        return loss.detach()
+
+    if provider in COMPILE_MODES:
+        # All compiled providers share this function's code object, hence dynamo's cache
+        # for it: callers reset dynamo between cases (``new_case``).
+        loss_and_backward = fastgp.compile_step(loss_and_backward, mode=COMPILE_MODES[provider])
+
+    def run(i: int) -> object:
+        opt.zero_grad(set_to_none=True)
+        loss = loss_and_backward(*inputs[i % n])
         opt.step()
         return loss
 

@@ -58,7 +58,14 @@ OP_MODES = (("interpolate", "fwd"), ("interpolate", "fwdbwd"), ("penalty", "fwdb
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 OP_PROVIDERS = ("eager", "compile", "fastgp", "copy")
 # Critic-step providers, each a name ``critic_step.step_callable`` knows: one line per provider.
-STEP_PROVIDERS = ("eager", "fastgp")
+STEP_PROVIDERS = (
+    "eager", "fastgp", "compile", "fastgp_compile", "fastgp_compile_kernels",
+    "fastgp_compile_cudagraphs",
+)  # fmt: skip
+# Compiling takes seconds to minutes a graph: the compiled providers run on the toy MLP
+# critics only (the conv critics' eager rows are measured; their compile would not fit the
+# GPU check's budget).
+COMPILED_STEP_ARCHS = ("mlp",)
 STEP_CASES = critic_step.STEP_CASES
 
 # do_bench's warm-up and timed calls, in seconds. 50 ms of timed calls (do_bench's default
@@ -199,20 +206,26 @@ def measure_step_case(
     timers: Timers,
 ) -> tuple[list[dict[str, object]], list[dict[str, str]]]:
     """(rows, errors) of every ``STEP_PROVIDERS`` entry on one critic step (float32)."""
+    critic_step.new_case()
     critic = critic_step.build_critic(case, device)
     inputs = critic_step.step_inputs(case, device, count=2)
     rows, errors = [], []
     for name in STEP_PROVIDERS:
+        if name in critic_step.COMPILE_MODES and case.arch not in COMPILED_STEP_ARCHS:
+            continue
         try:
             fn = critic_step.step_callable(case, name, critic, inputs, backend)
+            began = time.perf_counter()
+            fn(0)  # the compile, for the compiled providers
+            first_call_s = time.perf_counter() - began
             timing = timers.device(fn, STEP_TIMING)
             host_s = timers.host(fn)
             peak, method = memory.peak_bytes(partial(fn, 0), device)
         except Exception as exc:
             errors.append(_error(case.name, name, exc))
             continue
-        ran = resolved if name == "fastgp" else None
-        row = report.step_row(case, name, ran, timing, peak, method)
+        ran = resolved if name in ("fastgp", "fastgp_compile_kernels") else None
+        row = report.step_row(case, name, ran, timing, peak, method, None, first_call_s)
         row["host_ms"] = host_s * 1e3
         rows.append(row)
     report.add_ratios(rows)

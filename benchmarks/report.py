@@ -102,8 +102,10 @@ def step_row(
     peak: int | None,
     memory_method: str | None,
     cpu_output_cache: str | None = None,
+    first_call_s: float | None = None,
 ) -> dict[str, object]:
-    """The row of one whole critic step (float32) measurement."""
+    """The row of one whole critic step (float32) measurement; ``first_call_s``: the wall
+    time of its first call (for compiled providers, the compile)."""
     return {
         "kind": "step",
         "op": "critic_step",
@@ -119,6 +121,7 @@ def step_row(
         "cpu_output_cache": cpu_output_cache,
         "peak_bytes": peak,
         "memory_method": memory_method,
+        "first_call_s": first_call_s,
         **timing_fields(timing),
     }
 
@@ -161,6 +164,8 @@ class Target:
     at_least: bool = True
     min_elements: int = 0
     max_elements: int | None = None
+    provider: str = "fastgp"
+    archs: tuple[str, ...] | None = None  # critic steps: only these architectures
 
     def selects(self, row: dict[str, object]) -> bool:
         n = int(row["elements"])
@@ -168,11 +173,17 @@ class Target:
             row["kind"] == self.kind
             and row["op"] == self.op
             and row["mode"] == self.mode
-            and row["provider"] == "fastgp"
+            and row["provider"] == self.provider
+            and (self.archs is None or row.get("arch") in self.archs)
             and n >= self.min_elements
             and (self.max_elements is None or n <= self.max_elements)
         )
 
+
+# The critic-step table's columns, in order (benchmarks.critic_step.STEP_PROVIDERS).
+STEP_TABLE_PROVIDERS = (
+    "eager", "fastgp", "compile", "fastgp_compile", "fastgp_compile_kernels"
+)  # fmt: skip
 
 MILLION = 1 << 20
 TARGETS = (
@@ -192,6 +203,19 @@ TARGETS = (
            "speedup_vs_eager", 1.0),
     Target("critic step: peak memory <= eager", "step", "critic_step", "step",
            "peak_vs_eager", 1.0, at_least=False),
+    # Issue 9: fastgp inside a whole compiled step.
+    Target("compiled critic step, toy MLP: >= 1.5x the eager seed formula", "step",
+           "critic_step", "step", "speedup_vs_eager", 1.5, provider="fastgp_compile",
+           archs=("mlp",)),
+    Target("compiled critic step, toy MLP: within 5% of the compiled seed formula", "step",
+           "critic_step", "step", "speedup_vs_compile", 0.95, provider="fastgp_compile",
+           archs=("mlp",)),
+    Target("compiled critic step, conv critics: no slower than eager", "step", "critic_step",
+           "step", "speedup_vs_eager", 1.0, provider="fastgp_compile",
+           archs=("dcgan28", "dcgan64")),
+    Target("compiled critic step, conv critics: peak memory <= eager", "step", "critic_step",
+           "step", "peak_vs_eager", 1.0, at_least=False, provider="fastgp_compile",
+           archs=("dcgan28", "dcgan64")),
 )  # fmt: skip
 
 
@@ -311,27 +335,27 @@ def markdown_tables(
             )
     steps = [r for r in rows if r["kind"] == "step"]
     if steps:
+        shown = [p for p in STEP_TABLE_PROVIDERS if any(r["provider"] == p for r in steps)]
         lines += [
             "",
-            "| critic step | eager ms | compile ms | fastgp ms | × eager | × compile "
-            "| peak MB eager | peak MB fastgp |",
-            "|---|---:|---:|---:|---:|---:|---:|---:|",
+            "| critic step | "
+            + " | ".join(f"{p} ms" for p in shown)
+            + " | fastgp × eager | fastgp_compile × eager | fastgp_compile × compile "
+            "| compile s (fastgp_compile) | peak MB eager | peak MB fastgp_compile |",
+            "|---|" + "---:|" * (len(shown) + 6),
         ]
         for case in dict.fromkeys(r["case"] for r in steps):
             by = {r["provider"]: r for r in steps if r["case"] == case}
-            ours = by.get("fastgp", {})
-            peak = {p: by.get(p, {}).get("peak_bytes") for p in ("eager", "fastgp")}
+            fused, compiled = by.get("fastgp", {}), by.get("fastgp_compile", {})
+            peaks = (by.get("eager", {}).get("peak_bytes"), compiled.get("peak_bytes"))
             lines.append(
                 f"| {case} "
-                + "".join(
-                    f"| {_fmt(by.get(p, {}).get('median_ms'), '.4g')} "
-                    for p in ("eager", "compile", "fastgp")
-                )
-                + f"| {_fmt(ours.get('speedup_vs_eager'), '.2f')} "
-                f"| {_fmt(ours.get('speedup_vs_compile'), '.2f')} "
-                + "".join(
-                    f"| {_fmt(None if v is None else v / 1e6, '.1f')} " for v in peak.values()
-                )
+                + "".join(f"| {_fmt(by[p].get('median_ms'), '.4g')} " for p in shown if p in by)
+                + f"| {_fmt(fused.get('speedup_vs_eager'), '.2f')} "
+                f"| {_fmt(compiled.get('speedup_vs_eager'), '.2f')} "
+                f"| {_fmt(compiled.get('speedup_vs_compile'), '.2f')} "
+                f"| {_fmt(compiled.get('first_call_s'), '.1f')} "
+                + "".join(f"| {_fmt(None if v is None else v / 1e6, '.1f')} " for v in peaks)
                 + "|"
             )
     if targets:

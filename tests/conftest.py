@@ -151,3 +151,15 @@ def fresh_selection(monkeypatch: pytest.MonkeyPatch):
     backends.clear_cache()
     yield
     backends.clear_cache()
+
+
+@pytest.fixture(autouse=True)
+def _eager_training_unless_asked(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``fastgp train --compile auto`` compiles the toy trainer on CPU: seconds per graph,
+    and dynamo keeps one cache per function for every Trainer of the process, which the
+    many Trainers of a test run would exhaust. In-process trainer tests therefore resolve
+    "auto" to eager; the tests of compiled training ask for a mode (tests/test_train_compile.py)
+    or restore the table themselves."""
+    from fastgp.train.run import compiled
+
+    monkeypatch.setattr(compiled, "AUTO_COMPILE", {})

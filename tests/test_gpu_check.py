@@ -18,10 +18,12 @@ import sys
 import time
 from functools import partial
 from pathlib import Path
+from unittest import mock
 
 import pytest
 import torch
 
+import fastgp
 from benchmarks import cases, gpu, report
 from benchmarks.critic_step import StepCase
 from benchmarks.timing import Timing
@@ -33,7 +35,14 @@ TINY_SIZES = ((4, (2, 3)), (3, (5,)))
 TINY_STEP = StepCase("mlp", 8, (2,), 8)
 # Injected medians (ms): fastgp 4x eager, 3x compile, at 80% of the copy.
 OP_MS = {"eager": 4.0, "compile": 3.0, "fastgp": 1.0, "copy": 0.8}
-STEP_MS = {"eager": 10.0, "fastgp": 8.0}
+STEP_MS = {
+    "eager": 10.0,
+    "fastgp": 8.0,
+    "compile": 6.0,
+    "fastgp_compile": 5.0,
+    "fastgp_compile_kernels": 5.5,
+    "fastgp_compile_cudagraphs": 3.0,
+}
 DEVICE_COPY_FRACTION = OP_MS["copy"] / OP_MS["fastgp"]
 
 
@@ -75,8 +84,13 @@ def run_tiny(out_dir: Path, fake: FakeTimers, **kwargs) -> dict:
         log=lambda message: None,
     )
     options.update(kwargs)
-    # torch.compile's inductor would take minutes on 2 cores: the compile provider runs eagerly.
-    with torch._dynamo.config.patch(disable=True):
+    # torch.compile's inductor would take minutes on 2 cores: the compiled providers run
+    # eagerly (dynamo off; compile_step, which insists on a full graph, as the identity).
+    eager_step = lambda fn, mode=None: fn
+    with (
+        torch._dynamo.config.patch(disable=True),
+        mock.patch.object(fastgp, "compile_step", eager_step),
+    ):
         return gpu.run_suite(out_dir, torch.device("cpu"), fake.timers(), **options)
 
 

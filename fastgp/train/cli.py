@@ -129,7 +129,10 @@ def _train(prog: str, cfg, device, resuming: bool) -> int:
         if ctx.is_main:
             Path(cfg.run_dir).mkdir(parents=True, exist_ok=True)
             config.save(cfg, cfg.run_dir)
-        trainer = Trainer(cfg, dataset, ctx)
+        try:
+            trainer = Trainer(cfg, dataset, ctx)
+        except ValueError as e:  # an option that cannot run as asked (e.g. --compile)
+            return _error(prog, str(e))
         if resuming:
             path = latest_checkpoint(cfg.run_dir) if ctx.is_main else None
             path = distributed.gather_objects(str(path) if path else None, ctx)[0]
@@ -158,7 +161,7 @@ def _print_header(cfg, trainer, dataset, device, resuming: bool, world: int) -> 
         f"params), {cfg.objective} + {cfg.penalty} (weight {cfg.weight}), n_critic "
         f"{cfg.n_critic}\n  {cfg.steps} steps, batch {cfg.batch_size}, lr {cfg.lr_g}/{cfg.lr_d} "
         f"{cfg.lr_schedule}, ema {cfg.ema}, device {device}, backend {cfg.backend}, "
-        f"{world} process(es)",
+        f"{world} process(es)\n  compile: {trainer.compile_mode} ({trainer.compile_reason})",
         flush=True,
     )
 

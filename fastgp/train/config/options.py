@@ -20,6 +20,7 @@ from typing import Any
 from fastgp.backends import BACKENDS
 from fastgp.train.config.schema import (
     AMP_MODES,
+    COMPILE_MODES,
     FIELD_NAMES,
     OPTIMIZERS,
     SCHEDULES,
@@ -173,6 +174,14 @@ OPTIONS: dict[str, Option] = {
         resumable=True,
     ),
     "backend": Option(str, "fastgp penalty backend", choices=("auto", *BACKENDS), resumable=True),
+    "compile": Option(
+        str,
+        "compile each update's gradient computation (fastgp.compile_step; torch.compile's "
+        "modes): auto compiles where it was measured faster (the toy MLP on CPU) and says "
+        "what it chose; off runs eagerly",
+        choices=COMPILE_MODES,
+        resumable=True,
+    ),
     "threads": _count(
         "CPU threads for torch (auto: 1 for the toy MLP, whose tiny matrix products lose more "
         "to thread synchronisation than they gain; torch's default for images)",

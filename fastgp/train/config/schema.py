@@ -12,6 +12,7 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 SCHEDULES = ("constant", "linear", "cosine", "exponential")
+COMPILE_MODES = ("auto", "off", "default", "reduce-overhead", "max-autotune")
 AMP_MODES = ("none", "bf16", "fp16")
 OPTIMIZERS = ("adam", "rmsprop")
 
@@ -68,6 +69,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     backend: str = "auto"
+    compile: str = "auto"
     threads: int | None = None
     deterministic: bool = False
     log_every: int = 100

@@ -38,6 +38,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor, nn
 
+import fastgp
 from fastgp.train.gan.augment import AugmentParams, augment
 from fastgp.train.gan.objectives import (
     PenaltyDraws,
@@ -182,13 +183,14 @@ def critic_gradients(
     critic: nn.Module,
     params: list[Tensor],
     inputs: CriticInputs,
-    scaler: torch.amp.GradScaler | None = None,
+    loss_scale: Tensor | None = None,
 ) -> tuple[Gradients, CriticOutput]:
     """The critic's loss on ``inputs.real`` against fresh fakes ``generator(inputs.z)``, its
     regulariser and drift, and the gradients of their sum with respect to ``params`` (the
-    critic's), scaled by ``scaler`` (fp16; None: no loss scaling). Changes no weight: the
-    part of an update a compiler can take whole. The output's ``param_grad_norm`` is None
-    (``critic_step`` fills it in)."""
+    critic's), multiplied by ``loss_scale`` (fp16: the GradScaler's scale as a 0-dim tensor,
+    ``fastgp.loss_scale``; None: no scaling). Changes no weight and calls no GradScaler
+    method: the part of an update ``fastgp.compile_step`` can take whole. The output's
+    ``param_grad_norm`` is None (``critic_step`` fills it in)."""
     with torch.no_grad(), settings.autocast():
         fake = generator(inputs.z)
     fake = fake.float()
@@ -208,14 +210,14 @@ def critic_gradients(
                 real_in,
                 fake_in,
                 weight=settings.weight * settings.lazy_reg,
-                grad_scale=scaler,
+                grad_scale=loss_scale,
                 backend=settings.backend,
                 draws=inputs.penalty,
             )
         total = total + penalty
     if settings.drift > 0:
         total = total + drift_penalty(d_real, settings.drift)
-    grads = torch.autograd.grad(_scaled(total, scaler), params, allow_unused=True)
+    grads = torch.autograd.grad(_scaled(total, loss_scale), params, allow_unused=True)
     out = CriticOutput(
         loss=loss.detach(),
         wdist=wasserstein_estimate(d_real, d_fake),
@@ -233,26 +235,39 @@ def generator_gradients(
     critic: nn.Module,
     params: list[Tensor],
     inputs: GeneratorInputs,
-    scaler: torch.amp.GradScaler | None = None,
+    loss_scale: Tensor | None = None,
 ) -> tuple[Gradients, Tensor]:
     """The generator's loss against the current critic and its gradients with respect to
-    ``params`` (the generator's), scaled by ``scaler`` (fp16; None: none): ``(gradients,
+    ``params`` (the generator's), times ``loss_scale`` (as in ``critic_gradients``): ``(gradients,
     loss)``. Only these gradients are computed; the critic's weights get none. Changes no
     weight."""
     with settings.autocast():
         fake = generator(inputs.z)
         loss = generator_loss(settings.objective, critic(augment(fake, inputs.augment_fake)))
-    grads = torch.autograd.grad(_scaled(loss, scaler), params, allow_unused=True)
+    grads = torch.autograd.grad(_scaled(loss, loss_scale), params, allow_unused=True)
     return grads, loss.detach()
 
 
-def _scaled(loss: Tensor, scaler: torch.amp.GradScaler | None) -> Tensor:
-    # Only an fp16 run passes a scaler: torch.compile does not trace GradScaler's methods.
-    return loss if scaler is None else scaler.scale(loss)
+def _scaled(loss: Tensor, loss_scale: Tensor | None) -> Tensor:
+    # What GradScaler.scale computes, with the scale passed in: torch.compile cannot trace
+    # GradScaler's methods.
+    return loss if loss_scale is None else loss * loss_scale
 
 
-def _loss_scaler(scaler: torch.amp.GradScaler) -> torch.amp.GradScaler | None:
-    return scaler if scaler.is_enabled() else None
+def _loss_scale_of(scaler: torch.amp.GradScaler, like: nn.Module) -> Tensor | None:
+    """The scaler's scale on ``like``'s device (None: fp32/bf16, no scaling)."""
+    if not scaler.is_enabled():
+        return None
+    return fastgp.loss_scale(scaler, next(like.parameters()).device)
+
+
+class GradientFunctions(NamedTuple):
+    """The two gradient computations a run uses: ``critic_gradients`` and
+    ``generator_gradients`` themselves, or their compiled versions (``fastgp train
+    --compile``, see ``fastgp.train.run.compiled``)."""
+
+    critic: Callable[..., tuple[Gradients, CriticOutput]]
+    generator: Callable[..., tuple[Gradients, Tensor]]
 
 
 def apply_gradients(
@@ -286,11 +301,13 @@ def critic_step(
     scaler: torch.amp.GradScaler,
     inputs: CriticInputs,
     reduce_gradients: Callable[[nn.Module], None] = no_reduction,
+    gradients: Callable[..., tuple[Gradients, CriticOutput]] = critic_gradients,
 ) -> CriticOutput:
-    """One critic update: ``critic_gradients``, then ``apply_gradients``, then (wgan-clip)
-    weight clipping."""
+    """One critic update: ``gradients`` (``critic_gradients`` or a compiled version), then
+    ``apply_gradients``, then (wgan-clip) weight clipping."""
     params = optimized_parameters(optimizer)
-    grads, out = critic_gradients(settings, generator, critic, params, inputs, _loss_scaler(scaler))
+    loss_scale = _loss_scale_of(scaler, critic)
+    grads, out = gradients(settings, generator, critic, params, inputs, loss_scale)
     grad_norm = apply_gradients(optimizer, scaler, params, grads, critic, reduce_gradients)
     if settings.clip is not None:
         clip_weights(critic, settings.clip)
@@ -305,13 +322,14 @@ def generator_step(
     scaler: torch.amp.GradScaler,
     inputs: GeneratorInputs,
     reduce_gradients: Callable[[nn.Module], None] = no_reduction,
+    gradients: Callable[..., tuple[Gradients, Tensor]] = generator_gradients,
 ) -> GeneratorOutput:
     """One generator update against the current critic (whose weights are not changed):
-    ``generator_gradients``, then ``apply_gradients``."""
+    ``gradients`` (``generator_gradients`` or a compiled version), then
+    ``apply_gradients``."""
     params = optimized_parameters(optimizer)
-    grads, loss = generator_gradients(
-        settings, generator, critic, params, inputs, _loss_scaler(scaler)
-    )
+    loss_scale = _loss_scale_of(scaler, generator)
+    grads, loss = gradients(settings, generator, critic, params, inputs, loss_scale)
     grad_norm = apply_gradients(optimizer, scaler, params, grads, generator, reduce_gradients)
     return GeneratorOutput(loss=loss, param_grad_norm=grad_norm)
 

@@ -165,6 +165,17 @@ def run_training(trainer: Trainer, *, resumed: bool = False) -> RunOutcome:
                     if due.anything or interrupted:
                         trainer.check_finite()  # nothing is written from a bad step on
                     if due.log:
+                        seconds, graphs = trainer.take_compile_seconds()
+                        if graphs:  # apart from the train line, whose time includes it
+                            log.write(
+                                {
+                                    "kind": "compile",
+                                    "step": step,
+                                    "seconds": seconds,
+                                    "graphs": graphs,
+                                    "mode": trainer.compile_mode,
+                                }
+                            )
                         record = trainer.read_interval_means()
                         log.write(
                             {

@@ -30,6 +30,7 @@ from fastgp.train.gan.steps import CriticOutput, GanSettings, critic_step, gener
 from fastgp.train.models import build_networks
 from fastgp.train.run import checkpoint as ckpt
 from fastgp.train.run import distributed as dist_utils
+from fastgp.train.run.compiled import gradient_functions, resolve_compile
 from fastgp.train.run.guards import FiniteGuard, NonFiniteError, critic_checks, generator_checks
 from fastgp.train.run.run_log import IntervalMeans
 from fastgp.train.run.streams import RandomStreams, StepSampler
@@ -89,6 +90,9 @@ class Trainer:
         self.opt_g = self._optimizer(self.generator, cfg.lr_g)
         self.opt_d = self._optimizer(self.critic, cfg.lr_d)
         self.settings = GanSettings.from_config(cfg, self.device)
+        # --compile: "off" or a torch.compile mode, and why (ValueError if refused).
+        self.compile_mode, self.compile_reason = resolve_compile(cfg, self.device)
+        self.gradients, self.compiled = gradient_functions(self.compile_mode)
         fp16 = cfg.amp == "fp16"
         self.scaler_d = torch.amp.GradScaler(self.device.type, enabled=fp16)
         self.scaler_g = torch.amp.GradScaler(self.device.type, enabled=fp16)
@@ -119,7 +123,12 @@ class Trainer:
     def _optimizer(self, module: nn.Module, lr: float) -> torch.optim.Optimizer:
         if self.cfg.optimizer == "rmsprop":
             return torch.optim.RMSprop(module.parameters(), lr=lr)
-        return torch.optim.Adam(module.parameters(), lr=lr, betas=(self.cfg.beta1, self.cfg.beta2))
+        # fused: one kernel for all of a module's parameters. A toy MLP's step is about a
+        # dozen small tensors, where the per-tensor loop cost 2.0 ms against 0.7 ms fused
+        # for the 512-wide generator here (1 thread); the update is the same Adam.
+        return torch.optim.Adam(
+            module.parameters(), lr=lr, betas=(self.cfg.beta1, self.cfg.beta2), fused=True
+        )
 
     @property
     def sampling_model(self) -> nn.Module:
@@ -232,6 +241,7 @@ class Trainer:
                 self.scaler_d,
                 inputs,
                 self._reduce_gradients,
+                self.gradients.critic,
             )
             if self.replay is not None:
                 self.replay.store(out.fake)
@@ -248,6 +258,7 @@ class Trainer:
             self.scaler_g,
             self.sampler.generator_inputs(),
             self._reduce_gradients,
+            self.gradients.generator,
         )
         checks += generator_checks(out_g, self.scaler_g)
         self.guard.observe(step, checks)
@@ -264,6 +275,10 @@ class Trainer:
         return {**critic, "loss_g": out_g.loss, "lr_g": lr_g, "lr_d": lr_d}
 
     # ---------------------------------------------------------------- host reads
+
+    def take_compile_seconds(self) -> tuple[float, int]:
+        """(seconds, graphs) spent compiling since the last call; (0, 0) when eager."""
+        return (0.0, 0) if self.compiled is None else self.compiled.take_compile_seconds()
 
     def check_finite(self) -> None:
         """Raise NonFiniteError for the first check that failed since the run started, on

@@ -1,0 +1,136 @@
+"""``fastgp train --compile``: what auto chooses and says, compiled runs, compiled resume.
+
+Compiling takes seconds per graph here; the default run compiles one tiny toy run, the
+option matrix and the compiled resume are behind ``slow``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from test_train_resume import assert_same_state, final_state, tiny, training_lines
+
+from fastgp.train import config
+from fastgp.train.cli import main_train
+from fastgp.train.run import compiled
+from fastgp.train.run.run_log import read_metrics
+
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")  # torch.jit in dynamo
+
+
+@pytest.fixture(autouse=True)
+def _fresh_dynamo():
+    # Every Trainer has new modules, so dynamo would keep adding graphs to the shared
+    # cache of critic_gradients / generator_gradients: start each test empty.
+    torch._dynamo.reset()
+    yield
+    torch._dynamo.reset()
+
+
+def _cfg(**options) -> config.TrainConfig:
+    return config.merge({"dataset": "25gaussians", "arch": "mlp", **options}, {})
+
+
+# ---------------------------------------------------------------- choosing a mode
+
+
+def test_auto_compiles_only_where_measured(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(compiled, "AUTO_COMPILE", {("cpu", "mlp"): "default"})
+    mode, why = compiled.resolve_compile(_cfg(), torch.device("cpu"))
+    assert mode == "default" and why.startswith("auto: compiled")
+    mode, why = compiled.resolve_compile(_cfg(arch="dcgan28"), torch.device("cpu"))
+    assert mode == "off" and "dcgan28 on cpu was not measured faster" in why
+    mode, why = compiled.resolve_compile(_cfg(), torch.device("cuda"))
+    assert mode == "off"
+    assert compiled.resolve_compile(_cfg(compile="off"), torch.device("cpu"))[0] == "off"
+    assert compiled.resolve_compile(_cfg(compile="max-autotune"), torch.device("cpu"))[0] == (
+        "max-autotune"
+    )
+
+
+def test_options_that_do_not_compile_are_refused_by_name() -> None:
+    with pytest.raises(ValueError, match=r"--compile default cannot be used with --spectral-norm"):
+        compiled.resolve_compile(_cfg(compile="default", spectral_norm=True), torch.device("cpu"))
+    mode, why = compiled.resolve_compile(_cfg(spectral_norm=True), torch.device("cpu"))
+    assert mode == "off" and "--spectral-norm" in why
+
+
+def test_a_torch_that_cannot_compile_steps_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delattr(torch._dynamo.config, "trace_autograd_ops", raising=False)
+    with pytest.raises(ValueError, match=r"--compile default: .*needs torch >= 2\.11"):
+        compiled.resolve_compile(_cfg(compile="default"), torch.device("cpu"))
+    mode, why = compiled.resolve_compile(_cfg(), torch.device("cpu"))
+    assert mode == "off" and "needs torch >= 2.11" in why
+
+
+def test_the_cli_refuses_a_compile_it_cannot_do(tmp_path: Path, capsys) -> None:
+    argv = tiny(tmp_path / "run", 2, "--compile", "default", "--spectral-norm")
+    assert main_train(argv) == 2
+    assert "--compile default cannot be used with --spectral-norm" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- compiled runs
+
+
+def test_a_compiled_run_trains_like_the_eager_one(tmp_path: Path, capsys) -> None:
+    """Same losses to fp32 rounding (Inductor reorders arithmetic, so not bit for bit); the
+    header says what was compiled; metrics.jsonl has the compile time apart."""
+    assert main_train(tiny(tmp_path / "eager", 4, "--compile", "off")) == 0
+    assert main_train(tiny(tmp_path / "compiled", 4, "--compile", "default")) == 0
+    assert "compile: default (--compile default)" in capsys.readouterr().out
+    eager, comp = training_lines(tmp_path / "eager"), training_lines(tmp_path / "compiled")
+    assert [r["step"] for r in eager] == [r["step"] for r in comp]
+    for a, b in zip(eager, comp, strict=True):
+        for key in ("loss_d", "loss_g", "wdist"):
+            assert b[key] == pytest.approx(a[key], rel=1e-4, abs=1e-5), (key, a, b)
+    records = read_metrics(tmp_path / "compiled" / "metrics.jsonl")
+    compiles = [r for r in records if r["kind"] == "compile"]
+    # critic with and without the penalty (--lazy-reg 2), generator
+    assert compiles and sum(r["graphs"] for r in compiles) >= 3
+    assert all(r["seconds"] > 0 and r["mode"] == "default" for r in compiles)
+    saved = json.loads((tmp_path / "compiled" / "config.json").read_text())
+    assert saved["compile"] == "default"
+
+
+@pytest.mark.slow
+def test_compiled_resume_is_bit_exact(tmp_path: Path) -> None:
+    """4 compiled steps + resume to 8 == 8 compiled steps, bit for bit."""
+    whole, halves = tmp_path / "whole", tmp_path / "halves"
+    assert main_train(tiny(whole, 8, "--compile", "default")) == 0
+    torch._dynamo.reset()
+    assert main_train(tiny(halves, 4, "--compile", "default")) == 0
+    torch._dynamo.reset()
+    assert main_train(["--resume", str(halves), "--steps", "8"]) == 0
+    assert_same_state(final_state(whole), final_state(halves))
+    assert training_lines(whole) == training_lines(halves)
+
+
+IMAGES = ["--dataset", "shapes", "--image-size", "32", "--batch-size", "8", "--nf", "8",
+          "--nf-g", "8"]  # fmt: skip
+OPTION_MATRIX = {
+    "wgan-lp": ["--objective", "wgan-lp"],
+    "wgan-clip": ["--objective", "wgan-clip"],
+    "hinge-r1": ["--objective", "hinge", "--penalty", "r1"],
+    "lsgan-r2": ["--objective", "lsgan", "--penalty", "r2"],
+    "dragan": ["--penalty", "dragan"],
+    "no-penalty": ["--penalty", "none"],
+    "drift": ["--drift", "0.001"],
+    "bf16": ["--amp", "bf16"],
+    "fp16": ["--amp", "fp16"],
+    "layer-norm": ["--critic-norm", "layer"],
+    "images": IMAGES,
+    "images-diffaug-replay": [*IMAGES, "--diffaug", "translation,cutout,flip,color"],
+    "images-instance-norm-fp16": [*IMAGES, "--critic-norm", "instance", "--amp", "fp16"],
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", list(OPTION_MATRIX))
+def test_every_option_trains_compiled(tmp_path: Path, name: str) -> None:
+    argv = [*tiny(tmp_path / name, 2, "--compile", "default"), *OPTION_MATRIX[name]]
+    assert main_train(argv) == 0
+    lines = training_lines(tmp_path / name)
+    assert lines and all(isinstance(r["loss_d"], float) for r in lines)
