@@ -291,7 +291,7 @@ struct RowsOf {
 };
 
 // ---------------------------------------------------------------------------------------
-// penalty_forward: norms[i] = sqrt(sum_{j in group i} sum g_j**2) * inv_scale (/ grad_scale),
+// penalty_forward: norms[i] = sqrt(sum_{j in group i} sum g_j**2) * (inv_scale / grad_scale),
 // penalty = lambda_gp * mean_i h(norms[i] - center), h(d) = d**2 (max(d, 0)**2 one-sided).
 // Bytes: reads N sizeof(T) once (all of grads), writes (B // pac + 1) sizeof(Acc) plus one
 // Acc per kChunk elements of scratch; eager PyTorch casts, squares, sums and concatenates
@@ -375,9 +375,10 @@ std::tuple<at::Tensor, at::Tensor> penalty_forward_cpu(
     });
     // Fixed-order combination: groups, then rows of the group, then tensors, then chunks.
     Acc* norms_out = norms.mutable_data_ptr<Acc>();
-    const Acc scale = static_cast<Acc>(inv_scale);
-    const bool divide = has_scale(grad_scale);
-    const Acc loss_scale = loss_scale_of<Acc>(grad_scale);
+    // inv_scale / grad_scale once, as reference.penalty_forward computes it.
+    const Acc scale = has_scale(grad_scale)
+                          ? static_cast<Acc>(inv_scale) / loss_scale_of<Acc>(grad_scale)
+                          : static_cast<Acc>(inv_scale);
     const Acc center_acc = static_cast<Acc>(center);
     Acc h_sum = 0;
     for (int64_t i = 0; i < groups; ++i) {
@@ -390,10 +391,7 @@ std::tuple<at::Tensor, at::Tensor> penalty_forward_cpu(
           }
         }
       }
-      Acc norm = std::sqrt(s) * scale;
-      if (divide) {
-        norm = norm / loss_scale;
-      }
+      const Acc norm = std::sqrt(s) * scale;
       norms_out[i] = norm;
       Acc d = norm - center_acc;
       if (one_sided) {

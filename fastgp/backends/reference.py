@@ -21,7 +21,7 @@ with the same signatures and semantics, documented here once:
     scale the critic output was multiplied by (read on the device, so no host sync).
     With s_j the sum over every non-batch element of every tensor of g**2 for sample j,
     accumulated in float32 (float64 for float64 grads):
-    norms[i] = sqrt(sum_{j in group i} s_j) * inv_scale (then / grad_scale) over groups of
+    norms[i] = sqrt(sum_{j in group i} s_j) * r, r = inv_scale (/ grad_scale), over groups of
     ``pac`` consecutive samples, shape (B // pac,);
     penalty = lambda_gp * mean_i h(norms[i] - center) with h(d) = d**2, or max(d, 0)**2
     when one_sided. penalty is 0-dim; both outputs are float32
@@ -103,9 +103,10 @@ def penalty_forward(
     # `gradients.view(-1, pac * D)`); vector_norm's backward gives 0 at a zero norm.
     rows = [g.to(acc).reshape(groups, -1) for g in grads]
     flat = rows[0] if len(rows) == 1 else torch.cat(rows, dim=1)
-    norms = torch.linalg.vector_norm(flat, dim=1) * inv_scale
-    if grad_scale is not None:
-        norms = norms / _scale_value(grad_scale, acc)
+    # One factor per call, inv_scale / grad_scale (a division per norm would make the
+    # fp64 kernels call the division's slow path inside their loop).
+    factor = inv_scale if grad_scale is None else inv_scale / _scale_value(grad_scale, acc)
+    norms = torch.linalg.vector_norm(flat, dim=1) * factor
     d = norms - center
     if one_sided:
         d = d.clamp_min(0)  # clamp_min keeps NaN (unlike a max that prefers the number)

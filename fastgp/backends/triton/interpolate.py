@@ -37,6 +37,7 @@ from fastgp.backends.triton.launch import launch
 _SMALL_TILE = 1024
 _LARGE_TILE = 4096
 _LARGE_TILE_FROM = _LARGE_TILE * 256  # elements in the problem
+_ELEMENTS_PER_WARP = 256  # 8 a thread
 
 
 # Debug aid, read once at import (tests set it): every buffer a kernel writes is first
@@ -59,10 +60,15 @@ def _on_device(t: Tensor):
 
 
 def _tile(b: int, d: int) -> tuple[int, int, int]:
-    """(BLOCK_B, BLOCK_D, num_warps) for a (B, D) problem; powers of two only."""
+    """(BLOCK_B, BLOCK_D, num_warps) for a (B, D) problem; powers of two only.
+
+    Both tiles give each thread 8 elements (1024 over 4 warps, 4096 over 16): with 16 per
+    thread (4096 over 8 warps) ptxas spilled 4-16 bytes in several configurations, short
+    rows and fp16 among them (tests/test_triton_aot.py compiles every one and forbids it).
+    """
     tile = _LARGE_TILE if b * d >= _LARGE_TILE_FROM else _SMALL_TILE
     block_d = min(triton.next_power_of_2(d), tile)
-    return tile // block_d, block_d, 8 if tile == _LARGE_TILE else 4
+    return tile // block_d, block_d, tile // _ELEMENTS_PER_WARP
 
 
 def _same_layout(a: Tensor, b: Tensor) -> bool:

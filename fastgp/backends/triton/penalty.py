@@ -144,14 +144,14 @@ def _penalty_finalize_kernel(
     BLOCK_L: tl.constexpr,
 ):
     # Bytes: reads G*L*sizeof(acc), writes (G + 1)*sizeof(acc); one program, a tiny launch.
-    # Computes norms[i] = sqrt(sum_{j<L} partial[i, j]) * inv_scale (/ scale) and
+    # Computes norms[i] = sqrt(sum_{j<L} partial[i, j]) * (inv_scale / scale) and
     # penalty = lambda * mean_i h(norms[i] - center), h(d) = d**2 (max(d, 0)**2 one-sided).
     acc_dtype: tl.constexpr = partial_ptr.dtype.element_ty
     inv_scale = _decode_f64(inv_scale_bits, acc_dtype)
     center = _decode_f64(center_bits, acc_dtype)
     lambda_gp = _decode_f64(lambda_bits, acc_dtype)
-    if HAS_SCALE:
-        loss_scale = tl.load(scale_ptr).to(acc_dtype)
+    if HAS_SCALE:  # once, outside the loop (see reference.penalty_forward)
+        inv_scale = _div_ieee(inv_scale, tl.load(scale_ptr).to(acc_dtype))
     h_acc = tl.zeros((BLOCK_G,), dtype=acc_dtype)
     for g0 in range(0, G, BLOCK_G):
         # 64-bit: group * L indexes the partial buffer; kept wide like every offset here.
@@ -163,8 +163,6 @@ def _penalty_finalize_kernel(
             mask = group_mask[:, None] & (cols < L)[None, :]
             ss += tl.load(partial_ptr + groups[:, None] * L + cols[None, :], mask=mask, other=0.0)
         norms = _sqrt_ieee(tl.sum(ss, axis=1)) * inv_scale
-        if HAS_SCALE:
-            norms = _div_ieee(norms, loss_scale)
         tl.store(norms_ptr + groups, norms, mask=group_mask)
         d = norms - center
         if ONE_SIDED:
@@ -295,7 +293,8 @@ def penalty_forward(
             HAS_SCALE=grad_scale is not None,
             BLOCK_G=_FINALIZE_TILE // block_l,
             BLOCK_L=block_l,
-            num_warps=4,
+            # 8 warps: with 4, ptxas spilled the fp64 finalize (1024 groups, one column).
+            num_warps=8,
         )
     return penalty, norms
 

@@ -32,43 +32,24 @@ from fastgp.train.gan.steps import GradientFunctions, critic_gradients, generato
 # CUDA is unmeasured here (no GPU was available): auto leaves it eager.
 AUTO_COMPILE: dict[tuple[str, str], str] = {("cpu", "mlp"): "default"}
 
-# Options that cannot run compiled, with the reason a run that asks for both is refused.
-REFUSED: dict[str, str] = {
-    "spectral_norm": (
-        "--spectral-norm updates its power-iteration vectors in place in a forward "
-        "pre-hook, which torch.compile cannot trace inside a double backward"
-    ),
-}
-
-
-def refused_option(cfg: Any) -> str | None:
-    """Why ``cfg`` cannot run compiled (naming the option), or None."""
-    if cfg.spectral_norm:
-        return REFUSED["spectral_norm"]
-    return None
-
 
 def resolve_compile(cfg: Any, device: torch.device) -> tuple[str, str]:
     """``(mode, why)``: the compile mode of this run ("off" for eager) and the reason.
 
-    Raises ValueError when ``--compile`` asks for a mode this run cannot use (an option
-    that does not compile, or a torch that cannot trace a double backward).
+    Every option of ``fastgp train`` runs compiled (tests/test_train_compile.py trains each
+    with ``--compile default``). Raises ValueError when ``--compile`` asks for a mode on a
+    torch that cannot trace a double backward.
     """
     requested = cfg.compile
     if requested == "off":
         return "off", "--compile off"
     unsupported = supports_compiled_steps()
-    refused = refused_option(cfg)
     if requested != "auto":
         if unsupported is not None:
             raise ValueError(f"--compile {requested}: {unsupported}")
-        if refused is not None:
-            raise ValueError(f"--compile {requested} cannot be used with {refused}")
         return requested, f"--compile {requested}"
     if unsupported is not None:
         return "off", f"auto: not compiled, {unsupported}"
-    if refused is not None:
-        return "off", f"auto: not compiled, {refused}"
     mode = AUTO_COMPILE.get((device.type, cfg.arch))
     if mode is None:
         return "off", (
