@@ -53,6 +53,7 @@ FIELDS = (
     "peak_bytes",
     "peak_vs_eager",
     "memory_method",
+    "first_call_s",  # wall time of a step's first call, compile included (steps only)
 )
 
 

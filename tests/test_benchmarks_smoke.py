@@ -9,13 +9,14 @@ import pytest
 
 from benchmarks import report, run
 from benchmarks.cases import OpCase, counted_bytes
+from benchmarks.critic_step import STEP_PROVIDERS
 from benchmarks.timing import quantile, summarize
 
 
 @pytest.fixture(scope="module")
 def smoke_run(tmp_path_factory):
     """One in-process run: norm+penalty fwd+bwd on two tiny sizes, all five providers, and
-    the smallest MLP critic step; returns (output dir, parsed JSON, CSV rows)."""
+    the smallest MLP critic step with every step provider; returns (output dir, parsed JSON, CSV rows)."""
     out = tmp_path_factory.mktemp("bench")
     argv = [
         "--quick",
@@ -54,8 +55,8 @@ def test_json_and_csv_schema(smoke_run):
     _, _, payload, csv_rows = smoke_run
     assert set(payload) == {"machine", "config", "rows", "targets"}
     rows = payload["rows"]
-    # 2 sizes x 5 providers, plus 3 providers of one critic step.
-    assert len(rows) == 2 * 5 + 3
+    # 2 sizes x 5 providers, plus every provider of one critic step.
+    assert len(rows) == 2 * 5 + len(STEP_PROVIDERS)
     assert len(csv_rows) == len(rows)
     assert list(csv_rows[0])[-len(report.FIELDS) :] == list(report.FIELDS)
     for row, line in zip(rows, csv_rows, strict=True):
@@ -67,7 +68,7 @@ def test_json_and_csv_schema(smoke_run):
     ops = [r for r in rows if r["kind"] == "op"]
     assert {r["provider"] for r in ops} == {"eager", "compile", "fastgp", "copy", "one_op"}
     steps = [r for r in rows if r["kind"] == "step"]
-    assert {r["provider"] for r in steps} == {"eager", "compile", "fastgp"}
+    assert {r["provider"] for r in steps} == set(STEP_PROVIDERS)
     assert all(r["peak_bytes"] > 0 and r["memory_method"] for r in steps)
     fastgp_rows = [r for r in rows if r["provider"] == "fastgp"]
     assert all(r["backend"] == payload["config"]["backend"] for r in fastgp_rows)
