@@ -16,7 +16,8 @@ from benchmarks.timing import quantile, summarize
 @pytest.fixture(scope="module")
 def smoke_run(tmp_path_factory):
     """One in-process run: norm+penalty fwd+bwd on two tiny sizes, all five providers, and
-    the smallest MLP critic step with every step provider; returns (output dir, parsed JSON, CSV rows)."""
+    the smallest MLP critic step with every step provider; returns (output dir, JSON path,
+    parsed JSON, CSV rows)."""
     out = tmp_path_factory.mktemp("bench")
     argv = [
         "--quick",
