@@ -26,8 +26,8 @@ if TYPE_CHECKING:
     from benchmarks.critic_step import StepCase
 
 FIELDS = (
-    "kind",  # "op" (microbenchmark) or "step" (whole critic step)
-    "op",  # interpolate | penalty | critic_step
+    "kind",  # "op" (microbenchmark), "step" (whole critic step) or "train" (whole run)
+    "op",  # interpolate | penalty | critic_step | fastgp_train
     "mode",  # fwd | fwdbwd | step (W loss + penalty, backward, Adam step)
     "case",
     "arch",  # critic architecture (steps only)
@@ -54,6 +54,9 @@ FIELDS = (
     "peak_vs_eager",
     "memory_method",
     "first_call_s",  # wall time of a step's first call, compile included (steps only)
+    "cpu_s",  # process CPU seconds of a whole run (train rows only)
+    "compile_s",  # compile seconds a whole run logged (train rows only)
+    "quality",  # the final evaluation of a whole run (train rows only)
 )
 
 
@@ -211,6 +214,8 @@ TARGETS = (
     Target("compiled critic step, toy MLP: within 5% of the compiled seed formula", "step",
            "critic_step", "step", "speedup_vs_compile", 0.95, provider="fastgp_compile",
            archs=("mlp",)),
+    Target("whole `fastgp train` run: >= 1.4x faster wall time with --compile auto", "train",
+           "fastgp_train", "run", "speedup_vs_eager", 1.4, provider="compile"),
     Target("compiled critic step, conv critics: no slower than eager", "step", "critic_step",
            "step", "speedup_vs_eager", 1.0, provider="fastgp_compile",
            archs=("dcgan28", "dcgan64")),
@@ -358,6 +363,21 @@ def markdown_tables(
                 f"| {_fmt(compiled.get('first_call_s'), '.1f')} "
                 + "".join(f"| {_fmt(None if v is None else v / 1e6, '.1f')} " for v in peaks)
                 + "|"
+            )
+    runs = [r for r in rows if r["kind"] == "train"]
+    if runs:
+        lines += [
+            "",
+            "| whole run | provider | wall s (median) | runs | CPU s | compile s | × eager "
+            "| final evaluation |",
+            "|---|---|---:|---:|---:|---:|---:|---|",
+        ]
+        for r in runs:
+            lines.append(
+                f"| `{r['sample_shape']}` | {r['provider']} ({r['backend']}) "
+                f"| {_fmt(float(r['median_ms']) / 1e3, '.1f')} | {r['repeats']} "
+                f"| {_fmt(r.get('cpu_s'), '.1f')} | {_fmt(r.get('compile_s'), '.1f')} "
+                f"| {_fmt(r.get('speedup_vs_eager'), '.2f')} | {r.get('quality')} |"
             )
     if targets:
         lines += [

@@ -18,7 +18,15 @@ if __package__ in (None, ""):  # `python benchmarks/run.py`: make `benchmarks` i
 import torch  # noqa: E402
 
 from benchmarks import cases as cases_mod  # noqa: E402
-from benchmarks import critic_step, machine, memory, plot, providers, report  # noqa: E402
+from benchmarks import (  # noqa: E402
+    critic_step,
+    machine,
+    memory,
+    plot,
+    providers,
+    report,
+    train_run,
+)
 from benchmarks.timing import TimingConfig, time_competitors  # noqa: E402
 from fastgp.backends import AUTO_WHEN_COMPILED  # noqa: E402
 
@@ -108,6 +116,18 @@ def build_parser() -> argparse.ArgumentParser:
         "--step-providers",
         default=",".join(critic_step.STEP_PROVIDERS),
         help="of the critic steps: " + ",".join(critic_step.STEP_PROVIDERS),
+    )
+    p.add_argument(
+        "--train-repeats",
+        type=int,
+        default=None,
+        help="whole `fastgp train` runs per --compile setting (off, auto), alternating "
+        "(default: 1; --quick: 0, none)",
+    )
+    p.add_argument(
+        "--train-args",
+        default="",
+        help="extra `fastgp train` arguments of those runs (default: none, the default run)",
     )
     p.add_argument(
         "--cpu-cache",
@@ -332,6 +352,17 @@ def main(argv: list[str] | None = None) -> int:
         rows += run_step_cases(
             step_cases, step_names, device, args.backend, resolved, step_config, cache_settings
         )
+    train_repeats = args.train_repeats if args.train_repeats is not None else int(not args.quick)
+    if train_repeats > 0:
+        if device.type != "cpu":
+            raise SystemExit("--train-repeats: the whole-run rows are measured on CPU only")
+        extra = args.train_args.split()
+        rows += train_run.train_rows(
+            [*extra, "--threads", str(args.threads)],
+            repeats=train_repeats,
+            case="default" if not extra else "custom",
+            log=log,
+        )
     targets = report.evaluate_targets(rows)
     info["loadavg_1m_end"] = round(os.getloadavg()[0], 2)
 
@@ -345,6 +376,7 @@ def main(argv: list[str] | None = None) -> int:
         "backend": resolved,
         "providers": list(names),
         "cpu_cache": args.cpu_cache,
+        "train_repeats": train_repeats,
         "rotate_bytes": rotate_bytes,
         "op_timing": dataclasses.asdict(op_config),
         "step_timing": dataclasses.asdict(step_config),

@@ -198,3 +198,20 @@ def test_bad_sizes_are_rejected_with_the_option_name():
         run.parse_sizes("16by784")
     with pytest.raises(SystemExit, match="--providers"):
         run.parse_list("eager,numpy", ("eager", "fastgp"), "--providers")
+
+
+def test_whole_run_rows_time_fresh_processes_and_keep_their_quality():
+    from benchmarks import train_run
+
+    args = ["--steps", "4", "--log-every", "2", "--sample-every", "0", "--eval-samples", "50"]
+    logged = []
+    rows = train_run.train_rows(
+        args, repeats=1, case="tiny", providers=("eager",), log=logged.append
+    )
+    (row,) = rows
+    assert row["kind"] == "train" and row["provider"] == "eager" and row["repeats"] == 1
+    assert row["backend"] == "--compile off" and row["compile_s"] == 0
+    assert 0 < row["p20_ms"] <= row["median_ms"] <= row["p80_ms"]
+    assert row["cpu_s"] > 0 and "/25 modes, HQ" in row["quality"]
+    assert set(row) <= set(report.FIELDS) and len(logged) == 1
+    assert "fastgp train --steps 4" in report.markdown_tables(rows, [])

@@ -120,6 +120,34 @@ def test_resolve_fills_every_auto_field():
     assert (clip.optimizer, clip.lr_d, clip.penalty) == ("rmsprop", 5e-5, "none")
 
 
+@pytest.mark.parametrize(
+    ("shape", "arch"),
+    [((1, 28, 28), "dcgan28"), ((3, 32, 32), "dcgan32"), ((3, 64, 64), "dcgan64")],
+)
+def test_quick_preset_takes_the_architectures_recipe_and_flags_win(shape, arch):
+    quick = config.QUICK_IMAGE_PRESET[arch]
+    cfg = config.resolve(
+        config.merge({"dataset": "shapes", "preset": "quick", "run_dir": "x"}), shape
+    )
+    assert cfg.arch == arch and cfg.preset == "quick"
+    assert all(getattr(cfg, key) == value for key, value in quick.items())
+    # What the quick recipe leaves open comes from the image preset, given flags win.
+    assert cfg.weight == config.IMAGE_PRESET["weight"] and cfg.ema_start == cfg.steps // 2
+    flags = config.resolve(
+        config.merge({"dataset": "shapes", "preset": "quick", "steps": 7, "nf": 8, "run_dir": "x"}),
+        shape,
+    )
+    assert (flags.steps, flags.nf) == (7, 8)
+    default = config.resolve(config.merge({"dataset": "shapes", "run_dir": "x"}), shape)
+    assert default.steps == config.IMAGE_PRESET["steps"] != quick["steps"]
+
+
+def test_quick_preset_keeps_the_toy_recipe():
+    quick = config.resolve(config.merge({"preset": "quick", "run_dir": "x"}), (2,))
+    default = config.resolve(config.merge({"run_dir": "x"}), (2,))
+    assert {**quick.to_dict(), "preset": "default"} == default.to_dict()
+
+
 def test_toy_run_directory_contents(tmp_path, capsys):
     run = tmp_path / "run"
     assert main_train(tiny_toy(run)) == 0

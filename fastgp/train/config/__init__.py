@@ -21,7 +21,7 @@ from fastgp.train.config.files import (
     save,
 )
 from fastgp.train.config.options import OPTIONS, RESUMABLE_FIELDS, Option, build_parser
-from fastgp.train.config.presets import IMAGE_PRESET, TOY_PRESET, resolve
+from fastgp.train.config.presets import IMAGE_PRESET, QUICK_IMAGE_PRESET, TOY_PRESET, resolve
 from fastgp.train.config.schema import FIELD_NAMES, ConfigError, TrainConfig, flag
 from fastgp.train.data import is_toy
 
@@ -30,6 +30,7 @@ __all__ = [
     "FIELD_NAMES",
     "IMAGE_PRESET",
     "OPTIONS",
+    "QUICK_IMAGE_PRESET",
     "RESUMABLE_FIELDS",
     "TOY_PRESET",
     "ConfigError",

@@ -23,6 +23,7 @@ from fastgp.train.config.schema import (
     COMPILE_MODES,
     FIELD_NAMES,
     OPTIMIZERS,
+    PRESETS,
     SCHEDULES,
     TrainConfig,
     flag,
@@ -79,6 +80,15 @@ OPTIONS: dict[str, Option] = {
         "resize/crop images to this height = width (auto: native size; folder 64, shapes 32)"
     ),
     "channels": _count("1 or 3 image channels (auto: the data's own)"),
+    # recipe
+    "preset": Option(
+        str,
+        "where the auto options come from: default (toy sets: the tuned toy recipe; images: "
+        "the WGAN-GP paper's settings) or quick (images: smaller networks and a step count "
+        "measured to finish within 15 minutes on 2 CPU cores; toy sets: the default, which "
+        "already takes a few CPU minutes)",
+        choices=PRESETS,
+    ),
     # models
     "arch": Option(
         str, "model pair (auto: mlp for points, dcgan28/32/64 by image size)", choices=ARCHS

@@ -15,6 +15,7 @@ SCHEDULES = ("constant", "linear", "cosine", "exponential")
 COMPILE_MODES = ("auto", "off", "default", "reduce-overhead", "max-autotune")
 AMP_MODES = ("none", "bf16", "fp16")
 OPTIMIZERS = ("adam", "rmsprop")
+PRESETS = ("default", "quick")
 
 
 class ConfigError(ValueError):
@@ -30,6 +31,8 @@ class TrainConfig:
     data_dir: str | None = None
     image_size: int | None = None
     channels: int | None = None
+    # recipe of the auto options (presets.py)
+    preset: str = "default"
     # models
     arch: str | None = None
     z_dim: int | None = None
