@@ -156,7 +156,8 @@ def _print_header(cfg, trainer, dataset, device, resuming: bool, world: int) -> 
     what = f"resuming at step {trainer.step}" if resuming else "new run"
     print(
         f"fastgp train: {what} in {cfg.run_dir}\n"
-        f"  data {dataset.name} {tuple(dataset.sample_shape)}, arch {cfg.arch} "
+        f"  data {dataset.name} {tuple(dataset.sample_shape)}, arch {cfg.arch}"
+        f"{f' packing {cfg.pac}' if cfg.pac > 1 else ''} "
         f"(G {count_parameters(trainer.generator):,} / D {count_parameters(trainer.critic):,} "
         f"params), {cfg.objective} + {cfg.penalty} (weight {cfg.weight}), n_critic "
         f"{cfg.n_critic}\n  {cfg.steps} steps, batch {cfg.batch_size}, lr {cfg.lr_g}/{cfg.lr_d} "

@@ -4,7 +4,10 @@
 
 * generator: ``forward(z: (B, z_dim)) -> (B, *sample_shape)`` float32, ``tanh`` output for
   images, linear output for 2-D points; has ``.z_dim`` and ``.sample_shape``.
-* critic: ``forward(x: (B, *sample_shape)) -> (B,)`` raw scores (no sigmoid).
+* critic: ``forward(x: (B, *sample_shape)) -> (B // pac,)`` raw scores (no sigmoid), one per
+  pack of ``pac`` consecutive samples (``pack``; PacGAN, Lin et al. 2018); pac = 1 (the
+  default) is one score per sample. Its inner net is built for the packed sample shape
+  ``packed_shape(sample_shape, pac)``.
 
 The critic never uses batch normalisation: it mixes the samples of a batch, so the
 critic is no longer a function of each input alone and the per-sample gradient norm the
@@ -50,13 +53,36 @@ class Generator(nn.Module):
         return self.net(z).view(z.shape[0], *self.sample_shape)
 
 
-class Critic(nn.Module):
-    """``net`` maps (B, *sample_shape) to (B, 1); the critic returns (B,)."""
+def packed_shape(sample_shape: tuple[int, ...], pac: int) -> tuple[int, ...]:
+    """The shape of one pack of ``pac`` samples: the first axis (features of a vector,
+    channels of an image) ``pac`` times as long."""
+    return (pac * sample_shape[0], *sample_shape[1:])
 
-    def __init__(self, net: nn.Module, sample_shape: tuple[int, ...]) -> None:
+
+def pack(x: Tensor, pac: int) -> Tensor:
+    """PacGAN packing: (B, C, *rest) -> (B // pac, pac * C, *rest), samples
+    ``b * pac .. b * pac + pac - 1`` side by side along the first feature axis (a copy only
+    where ``x`` is not contiguous).
+
+    These are the groups fastgp's ``pac`` takes one alpha and one gradient norm over
+    (consecutive samples), so a packed critic and ``gradient_penalty(..., pac=pac)`` agree.
+    """
+    if pac == 1:
+        return x
+    if x.shape[0] % pac:
+        raise ValueError(f"a batch of {x.shape[0]} samples does not split into packs of {pac}")
+    return x.reshape(x.shape[0] // pac, pac * x.shape[1], *x.shape[2:])
+
+
+class Critic(nn.Module):
+    """``net`` maps (B // pac, *packed_shape(sample_shape, pac)) to (B // pac, 1); the critic
+    takes (B, *sample_shape), packs it (``pack``) and returns (B // pac,)."""
+
+    def __init__(self, net: nn.Module, sample_shape: tuple[int, ...], pac: int = 1) -> None:
         super().__init__()
         self.net = net
         self.sample_shape = tuple(sample_shape)
+        self.pac = pac
 
     def forward(self, x: Tensor) -> Tensor:
         if tuple(x.shape[1:]) != self.sample_shape:
@@ -64,7 +90,29 @@ class Critic(nn.Module):
                 f"critic expects inputs of shape (B, {', '.join(map(str, self.sample_shape))}), "
                 f"got {tuple(x.shape)}"
             )
-        return self.net(x).view(x.shape[0])
+        return self.net(pack(x, self.pac)).view(x.shape[0] // self.pac)
+
+    def extra_repr(self) -> str:
+        return f"pac={self.pac}" if self.pac > 1 else ""
+
+
+class SampleScores(nn.Module):
+    """A score per sample from a packed critic: each sample scored as the pack of ``pac``
+    copies of itself, (B, *sample_shape) -> (B,). For pictures of the critic over the data
+    space (the toy contour); training and the penalty use the packs themselves."""
+
+    def __init__(self, critic: Critic) -> None:
+        super().__init__()
+        self.critic = critic
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.critic(x.repeat_interleave(self.critic.pac, dim=0))
+
+
+def sample_scores(critic: nn.Module) -> nn.Module:
+    """``critic`` itself when it scores single samples (pac 1, or not a ``Critic``), else
+    ``SampleScores(critic)``."""
+    return SampleScores(critic) if getattr(critic, "pac", 1) > 1 else critic
 
 
 class Reshape(nn.Module):
@@ -124,15 +172,21 @@ def _generator_norm(norm: str, channels: int, spatial: bool) -> list[nn.Module]:
 
 
 def _mlp_pair(
-    sample_shape: tuple[int, ...], z_dim: int, dim: int, critic_norm: str, generator_norm: str
+    sample_shape: tuple[int, ...],
+    z_dim: int,
+    dim: int,
+    critic_norm: str,
+    generator_norm: str,
+    critic_features: int,
 ) -> tuple[nn.Module, nn.Module]:
     """gan_toy.py: 3 hidden ReLU layers of width ``dim`` in both nets, He-uniform hidden
     weights, Glorot-uniform output weights, zero biases. Images are flattened; their
-    generator output goes through tanh."""
+    generator output goes through tanh. The critic reads ``critic_features`` inputs (a
+    flattened pack)."""
     features = math.prod(sample_shape)
     g_layers: list[nn.Module] = []
     d_layers: list[nn.Module] = [nn.Flatten()]
-    g_in, d_in = z_dim, features
+    g_in, d_in = z_dim, critic_features
     for _ in range(3):
         g_layers += [nn.Linear(g_in, dim), *_generator_norm(generator_norm, dim, False)]
         g_layers.append(nn.ReLU())
@@ -154,7 +208,12 @@ def _mlp_pair(
 
 
 def _dcgan28_pair(
-    channels: int, z_dim: int, nf: int, critic_norm: str, generator_norm: str
+    channels: int,
+    z_dim: int,
+    nf: int,
+    critic_norm: str,
+    generator_norm: str,
+    critic_channels: int,
 ) -> tuple[nn.Module, nn.Module]:
     """gan_mnist.py (WGAN-GP paper): G: linear -> 4x4x4nf -> deconv 8x8 -> crop 7x7 ->
     14x14 -> 28x28 (5x5 kernels, ReLU, tanh out); D: three 5x5 stride-2 convs
@@ -162,7 +221,8 @@ def _dcgan28_pair(
 
     Departures from gan_mnist.py, for [-1, 1] data: tanh instead of sigmoid out; batch norm
     in G by default (``generator_norm``; the paper code only used it in its 'wgan' mode).
-    G keeps the paper's ReLU (tutorial ports often use LeakyReLU; both train).
+    G keeps the paper's ReLU (tutorial ports often use LeakyReLU; both train). D reads
+    ``critic_channels`` channels (a pack).
     """
 
     def up(c_in: int, c_out: int) -> nn.ConvTranspose2d:
@@ -184,7 +244,7 @@ def _dcgan28_pair(
         nn.Tanh(),
     )
     critic = nn.Sequential(
-        nn.Conv2d(channels, nf, 5, stride=2, padding=2),
+        nn.Conv2d(critic_channels, nf, 5, stride=2, padding=2),
         nn.LeakyReLU(0.2),
         nn.Conv2d(nf, 2 * nf, 5, stride=2, padding=2),
         *_critic_norm_2d(critic_norm, 2 * nf),
@@ -199,12 +259,19 @@ def _dcgan28_pair(
 
 
 def _dcgan_pair(
-    channels: int, image_size: int, z_dim: int, nf: int, critic_norm: str, generator_norm: str
+    channels: int,
+    image_size: int,
+    z_dim: int,
+    nf: int,
+    critic_norm: str,
+    generator_norm: str,
+    critic_channels: int,
 ) -> tuple[nn.Module, nn.Module]:
     """DCGAN (Radford et al.) with 4x4 stride-2 (de)convolutions between 4x4 and
     ``image_size``: G: z -> 4x4 x (nf * 2^(L-1)) by a 4x4 transposed conv, then halving the
     width while doubling the size, ReLU (+ batch norm), tanh out; D: the mirror with
-    LeakyReLU 0.2, no norm on the first layer, then a linear score on the 4x4 map."""
+    LeakyReLU 0.2, no norm on the first layer, then a linear score on the 4x4 map; D reads
+    ``critic_channels`` channels (a pack)."""
     levels = int(math.log2(image_size // 4))  # 3 for 32x32, 4 for 64x64
     widths = [nf * 2**i for i in range(levels)]  # nf, 2nf, 4nf(, 8nf)
     top = widths[-1]
@@ -222,7 +289,10 @@ def _dcgan_pair(
         ]
     g_layers += [nn.ConvTranspose2d(nf, channels, 4, stride=2, padding=1), nn.Tanh()]
 
-    d_layers: list[nn.Module] = [nn.Conv2d(channels, nf, 4, stride=2, padding=1), nn.LeakyReLU(0.2)]
+    d_layers: list[nn.Module] = [
+        nn.Conv2d(critic_channels, nf, 4, stride=2, padding=1),
+        nn.LeakyReLU(0.2),
+    ]
     for c_in, c_out in zip(widths[:-1], widths[1:], strict=True):
         d_layers += [
             nn.Conv2d(c_in, c_out, 4, stride=2, padding=1),
@@ -280,6 +350,7 @@ def _check_args(
     nf: int,
     critic_norm: str,
     generator_norm: str,
+    pac: int,
 ) -> None:
     if arch not in ARCHS:
         raise ValueError(f"unknown arch {arch!r}; expected one of {', '.join(ARCHS)}")
@@ -287,7 +358,7 @@ def _check_args(
         isinstance(s, bool) or not isinstance(s, int) or s < 1 for s in sample_shape
     ):
         raise ValueError(f"`sample_shape` must be a tuple of positive ints, got {sample_shape!r}")
-    for name, value in (("z_dim", z_dim), ("nf", nf)):
+    for name, value in (("z_dim", z_dim), ("nf", nf), ("pac", pac)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"`{name}` must be a positive int, got {value!r}")
     if critic_norm == "batch":
@@ -325,6 +396,7 @@ def build_models(
     spectral_norm: bool = False,
     critic_norm: str = "none",
     generator_norm: str = "batch",
+    pac: int = 1,
 ) -> tuple[nn.Module, nn.Module]:
     """Build ``(generator, critic)`` for samples of ``sample_shape``.
 
@@ -340,28 +412,32 @@ def build_models(
         critic_norm: ``none``, ``layer`` (LayerNorm for the MLP, GroupNorm(1, C) for
             convs) or ``instance`` (convs only). ``batch`` is rejected (see module doc).
         generator_norm: ``batch`` (BatchNorm after every hidden layer) or ``none``.
+        pac: PacGAN packing: the critic scores packs of ``pac`` consecutive samples
+            (``Critic``, ``pack``); its first layer takes ``pac`` times the features or
+            channels. 1: one score per sample.
 
     Returns:
         (generator, critic), both float32 on CPU in train mode.
     """
     sample_shape = tuple(sample_shape)
     width = DEFAULT_WIDTH.get(arch, 64) if nf is None else nf
-    _check_args(arch, sample_shape, z_dim, width, critic_norm, generator_norm)
+    _check_args(arch, sample_shape, z_dim, width, critic_norm, generator_norm, pac)
+    norms = (critic_norm, generator_norm)
+    critic_input = packed_shape(sample_shape, pac)  # what the critic's net reads per pack
     if arch == "mlp":
-        g_net, d_net = _mlp_pair(sample_shape, z_dim, width, critic_norm, generator_norm)
+        g_net, d_net = _mlp_pair(sample_shape, z_dim, width, *norms, math.prod(critic_input))
     else:
         channels = sample_shape[0]
         if arch == "dcgan28":
-            g_net, d_net = _dcgan28_pair(channels, z_dim, width, critic_norm, generator_norm)
+            g_net, d_net = _dcgan28_pair(channels, z_dim, width, *norms, critic_input[0])
         else:
-            g_net, d_net = _dcgan_pair(
-                channels, _IMAGE_SIZE[arch], z_dim, width, critic_norm, generator_norm
-            )
+            size = _IMAGE_SIZE[arch]
+            g_net, d_net = _dcgan_pair(channels, size, z_dim, width, *norms, critic_input[0])
         _dcgan_init(g_net)
         _dcgan_init(d_net)
     if spectral_norm:
         apply_spectral_norm(d_net)
-    return Generator(g_net, z_dim, sample_shape), Critic(d_net, sample_shape)
+    return Generator(g_net, z_dim, sample_shape), Critic(d_net, sample_shape, pac)
 
 
 def count_parameters(module: nn.Module) -> int:
@@ -371,11 +447,13 @@ def count_parameters(module: nn.Module) -> int:
 
 def build_networks(cfg: TrainConfig, sample_shape: tuple[int, ...]) -> tuple[nn.Module, nn.Module]:
     """``(generator, critic)`` of a resolved config; the generator has width ``nf_g`` (taken
-    from a pair built at that width when it differs from the critic's ``nf``)."""
+    from a pair built at that width when it differs from the critic's ``nf``), the critic
+    scores packs of ``pac``."""
     pair = {
         "spectral_norm": cfg.spectral_norm,
         "critic_norm": cfg.critic_norm,
         "generator_norm": cfg.generator_norm,
+        "pac": cfg.pac,
     }
     generator, critic = build_models(cfg.arch, sample_shape, cfg.z_dim, cfg.nf, **pair)
     if cfg.nf_g != cfg.nf:

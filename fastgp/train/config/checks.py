@@ -45,6 +45,27 @@ def check(cfg: TrainConfig) -> None:
         )
     if cfg.penalty is not None:
         check_combination(cfg.objective, cfg.penalty, warn=False)
+    if cfg.batch_size is not None:
+        check_packing(cfg.batch_size, cfg.pac)
+    if cfg.eval_samples < cfg.pac:
+        raise ConfigError(
+            f"--eval-samples {cfg.eval_samples} is fewer than one pack of --pac {cfg.pac}: the "
+            "evaluation scores the samples with the packed critic"
+        )
+
+
+def check_packing(batch_size: int, pac: int, processes: int = 1) -> None:
+    """Raise ConfigError unless each process's share of ``batch_size`` is a whole number of
+    packs of ``pac`` samples (the packed critic and the penalty's ``pac`` need it)."""
+    per_process = batch_size // processes
+    if per_process % pac:
+        share = (
+            "" if processes == 1 else f"'s share per process ({processes} processes: {per_process})"
+        )
+        raise ConfigError(
+            f"--batch-size {batch_size}{share} must be a multiple of --pac {pac}: the critic "
+            f"scores packs of {pac} samples"
+        )
 
 
 def _check_value(name: str, option: Option, value: Any) -> None:

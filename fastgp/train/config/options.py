@@ -107,6 +107,12 @@ OPTIONS: dict[str, Option] = {
     "generator_norm": Option(
         str, "generator normalisation (auto: none toy, batch images)", choices=GENERATOR_NORMS
     ),
+    "pac": _count(
+        "PacGAN packing: the critic scores packs of PAC consecutive samples (real with real, "
+        "fake with fake), concatenated along the features (channels of images); the penalty "
+        "takes one interpolation weight and one gradient norm per pack (fastgp's pac). "
+        "--batch-size (each process's share) must be a multiple of it; 1: no packing"
+    ),
     # objective
     "objective": Option(str, "GAN objective", choices=OBJECTIVES),
     "penalty": Option(

@@ -41,6 +41,7 @@ class TrainConfig:
     spectral_norm: bool = False
     critic_norm: str = "none"
     generator_norm: str | None = None
+    pac: int = 1
     # objective
     objective: str = "wgan-gp"
     penalty: str | None = None

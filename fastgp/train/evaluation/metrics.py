@@ -183,10 +183,23 @@ def generate(
 
 @torch.no_grad()
 def critic_gap(critic: nn.Module, real: Tensor, fake: Tensor, device: torch.device | str) -> float:
-    """The critic's Wasserstein estimate ``mean D(real) - mean D(fake)`` (eval mode)."""
+    """The critic's Wasserstein estimate ``mean D(real) - mean D(fake)`` (eval mode).
+
+    A packed critic (``critic.pac`` > 1, ``models.Critic``) scores packs of consecutive
+    samples, as in training; the last ``len % pac`` samples of each batch, which fill no
+    pack, are left out.
+    """
+    pac = getattr(critic, "pac", 1)
+    chunk = max(pac, _CHUNK - _CHUNK % pac)  # whole packs per call
     scores = []
     for batch in (real, fake):
-        scores.append(torch.cat([critic(x.to(device)).float().cpu() for x in batch.split(_CHUNK)]))
+        whole = batch[: len(batch) - len(batch) % pac]
+        if not len(whole):
+            raise ValueError(
+                f"{len(batch)} samples fill no pack of the critic's --pac {pac}: evaluate at "
+                f"least {pac}"
+            )
+        scores.append(torch.cat([critic(x.to(device)).float().cpu() for x in whole.split(chunk)]))
     return float(scores[0].double().mean() - scores[1].double().mean())
 
 
@@ -211,7 +224,8 @@ def evaluate_generator(
     generated and held-out points (NaN if a generated point is not finite);
     ``wasserstein1_points`` says how many. Images: ``image_statistics`` vs as many
     held-out images. With ``critic``: ``critic_wasserstein`` = mean D(real) - mean D(fake)
-    on the held-out and generated samples. Always: ``num_samples``.
+    on the held-out and generated samples (a packed critic: the packs that
+    ``num_samples`` fills, see ``critic_gap``). Always: ``num_samples``.
     """
     if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
         raise ValueError(f"`num_samples` must be a positive int, got {num_samples!r}")

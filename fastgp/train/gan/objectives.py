@@ -19,6 +19,12 @@ one-sided), ``r1`` (zero-centred on real), ``r2`` (zero-centred on fake), ``drag
 DRAGAN's noise) are drawn by ``draw_penalty`` and handed to ``regularizer``, so the
 trainer's critic step draws nothing itself.
 
+Packing (PacGAN, ``pac`` > 1): the critic scores packs of ``pac`` consecutive samples
+(``models.pack``), and every penalty is fastgp's with that ``pac``: one gradient norm per
+pack (the norm of the pack's concatenated input gradient), and for gp/lp/dragan one
+interpolation weight per pack. R1/R2 with packs are the zero-centred penalty on the packs,
+``weight / 2 * mean_packs ||grad||^2``.
+
 Default penalty per objective (``default_penalty``): wgan-gp -> gp, wgan-lp -> lp; wgan-clip
 -> none (clipping is its constraint); lsgan and hinge -> none, as in their papers (R1 is a
 common addition; pass it explicitly). Every penalty may be combined with every objective;
@@ -147,7 +153,8 @@ class PenaltyDraws(NamedTuple):
     """The random inputs of a regulariser, drawn before it runs (``draw_penalty``).
 
     Attributes:
-        alpha: (B,) interpolation weights U[0, 1) (gp, lp, dragan), or None.
+        alpha: (B // pac,) interpolation weights U[0, 1), one per pack (gp, lp, dragan; pac
+            1: one per sample), or None.
         noise: (B, *) U[0, 1), DRAGAN's perturbation before scaling, or None.
     """
 
@@ -161,10 +168,12 @@ def draw_penalty(
     dtype: torch.dtype,
     generator: torch.Generator | None = None,
     device: torch.device | str | None = None,
+    pac: int = 1,
 ) -> PenaltyDraws:
-    """Everything ``regularizer(kind, ...)`` needs at random for points of ``shape`` and
-    ``dtype``, drawn exactly as fastgp would draw it from ``generator`` (alpha, then DRAGAN's
-    noise; in the accumulation dtype of ``dtype``), so the result is the same whoever draws.
+    """Everything ``regularizer(kind, ..., pac=pac)`` needs at random for points of
+    ``shape`` and ``dtype``, drawn exactly as fastgp would draw it from ``generator`` (alpha,
+    one per pack of ``pac`` samples, then DRAGAN's noise; in the accumulation dtype of
+    ``dtype``), so the result is the same whoever draws.
 
     Draws on the generator's device (``device``, default CPU, with the global RNG).
     """
@@ -173,7 +182,7 @@ def draw_penalty(
     acc = reference.accumulation_dtype(dtype)
     alpha = noise = None
     if kind in ("gp", "lp", "dragan"):
-        alpha = torch.rand(shape[0], generator=generator, device=where, dtype=acc)
+        alpha = torch.rand(shape[0] // pac, generator=generator, device=where, dtype=acc)
     if kind == "dragan":
         noise = torch.rand(tuple(shape), generator=generator, device=where, dtype=acc)
     return PenaltyDraws(alpha, noise)
@@ -189,6 +198,7 @@ def regularizer(
     grad_scale: float | torch.amp.GradScaler | None = None,
     backend: str = "auto",
     draws: PenaltyDraws | None = None,
+    pac: int = 1,
 ) -> tuple[Tensor, Tensor | None]:
     """The critic regulariser ``kind``, computed by ``fastgp``.
 
@@ -204,8 +214,8 @@ def regularizer(
             ``dragan``: ``fastgp.dragan_penalty(real, lambda_gp=weight)``'s points and
             penalty (see below);
             ``none``: a zero.
-        critic: maps a (B, *) batch to scores.
-        real, fake: (B, *) batches of equal shape, dtype and device.
+        critic: maps a (B, *) batch to scores ((B // pac,) for a packed critic).
+        real, fake: (B, *) batches of equal shape, dtype and device; B a multiple of pac.
         weight: lambda (gp, lp, dragan) or gamma (r1, r2), >= 0. With lazy regularisation
             the caller multiplies it by the interval.
         grad_scale: a ``GradScaler`` (or its scale) for fp16: the critic output is scaled
@@ -213,11 +223,13 @@ def regularizer(
         backend: ``fastgp`` backend (``auto``, ``triton``, ``cpp``, ``torch``).
         draws: the random inputs from ``draw_penalty`` (on the batches' device, or moved
             there); None draws them here from torch's global RNG.
+        pac: the critic's packing (see the module docstring): consecutive groups of
+            ``pac`` samples share one gradient norm (and one alpha).
 
     Returns:
         ``(penalty, norms)``: the 0-dim penalty (fp32, fp64 for fp64 inputs; it requires
-        grad through the critic's parameters), and the detached per-sample gradient norms
-        (B,), or None for ``none``.
+        grad through the critic's parameters), and the detached per-pack gradient norms
+        (B // pac,), or None for ``none``.
     """
     check_penalty(kind)
     if not isinstance(real, Tensor) or not isinstance(fake, Tensor):
@@ -228,12 +240,26 @@ def regularizer(
     if kind == "none":
         zero = torch.zeros((), dtype=reference.accumulation_dtype(real.dtype), device=real.device)
         return zero, None
-    if kind == "r1":
-        return fastgp.r1_penalty(critic, real, gamma=weight, **common)
-    if kind == "r2":
-        return fastgp.r2_penalty(critic, fake, gamma=weight, **common)
+    if kind in ("r1", "r2"):
+        points = real if kind == "r1" else fake
+        if pac == 1:
+            zero_centred = fastgp.r1_penalty if kind == "r1" else fastgp.r2_penalty
+            return zero_centred(critic, points, gamma=weight, **common)
+        # fastgp's r1/r2_penalty have no `pac`: the same penalty on packs is its gradient
+        # penalty at the points themselves (alpha = 1 makes x_hat = points exactly) with
+        # centre 0 and weight gamma / 2, the arguments r1_penalty passes to the same kernel.
+        return fastgp.gradient_penalty(
+            critic,
+            points,
+            points,
+            lambda_gp=weight / 2,
+            center=0.0,
+            alpha=1.0,
+            pac=pac,
+            **common,
+        )
     if draws is None:
-        draws = draw_penalty(kind, real.shape, real.dtype, device=real.device)
+        draws = draw_penalty(kind, real.shape, real.dtype, device=real.device, pac=pac)
     alpha = draws.alpha.to(real.device)
     if kind in ("gp", "lp"):
         return fastgp.gradient_penalty(
@@ -244,6 +270,7 @@ def regularizer(
             center=1.0,
             one_sided=kind == "lp",
             alpha=alpha,
+            pac=pac,
             **common,
         )
     # DRAGAN as fastgp.dragan_penalty computes it, x_hat = real + alpha * delta with
@@ -253,7 +280,7 @@ def regularizer(
         acc = reference.accumulation_dtype(real.dtype)
         delta = (0.5 * real.to(acc).std() * draws.noise.to(real.device)).to(real.dtype)
     return fastgp.gradient_penalty(
-        critic, real + delta, real, lambda_gp=weight, center=1.0, alpha=alpha, **common
+        critic, real + delta, real, lambda_gp=weight, center=1.0, alpha=alpha, pac=pac, **common
     )
 
 

@@ -69,6 +69,8 @@ class GanSettings:
         backend: the fastgp backend of the penalty.
         amp_dtype: autocast dtype (bfloat16 or float16), or None for fp32.
         device_type: the models' device type (``cpu``, ``cuda``), for autocast.
+        pac: the critic's packing (``models.Critic``): the penalty groups the samples as the
+            critic packs them (``objectives.regularizer``'s ``pac``); 1: no packing.
     """
 
     objective: str
@@ -80,6 +82,7 @@ class GanSettings:
     backend: str = "auto"
     amp_dtype: torch.dtype | None = None
     device_type: str = "cpu"
+    pac: int = 1
 
     @classmethod
     def from_config(cls, cfg: Any, device: torch.device) -> GanSettings:
@@ -94,6 +97,7 @@ class GanSettings:
             backend=cfg.backend,
             amp_dtype=AMP_DTYPES.get(cfg.amp),
             device_type=torch.device(device).type,
+            pac=cfg.pac,
         )
 
     def regularises(self, critic_update: int) -> bool:
@@ -145,8 +149,8 @@ class CriticOutput(NamedTuple):
         wdist: 0-dim fp32, ``mean D(real) - mean D(fake)``.
         penalty: 0-dim fp32, the regulariser as added to the loss (weight x lazy_reg), or
             None when this update had none.
-        grad_norms: (B,) per-sample input-gradient norms at the regulariser's points, or
-            None.
+        grad_norms: (B // pac,) per-pack input-gradient norms at the regulariser's points
+            (per sample without packing), or None.
         param_grad_norm: 0-dim fp32, the L2 norm of the gradients of the parameters the
             optimiser updates (after ``reduce_gradients``; with fp16 it includes the loss
             scale); None from ``critic_gradients``, which applies nothing.
@@ -213,6 +217,7 @@ def critic_gradients(
                 grad_scale=loss_scale,
                 backend=settings.backend,
                 draws=inputs.penalty,
+                pac=settings.pac,
             )
         total = total + penalty
     if settings.drift > 0:

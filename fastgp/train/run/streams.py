@@ -77,6 +77,7 @@ class StepSampler:
         z_dim: the noise width.
         diffaug: the DiffAugment policy (``"none"``: none).
         penalty: the regulariser (``objectives.PENALTIES``).
+        pac: the critic's packing: the penalty draws one interpolation weight per pack.
         ctx: this rank's place in the job; tensors go to ``ctx.device``.
     """
 
@@ -90,10 +91,11 @@ class StepSampler:
         diffaug: str,
         penalty: str,
         ctx: DistContext,
+        pac: int = 1,
     ) -> None:
         self.streams, self.dataset, self.ctx = streams, dataset, ctx
         self.batch_size, self.z_dim = batch_size, z_dim
-        self.diffaug, self.penalty = diffaug, penalty
+        self.diffaug, self.penalty, self.pac = diffaug, penalty, pac
         self.device = ctx.device
 
     def _real(self) -> Tensor:
@@ -123,7 +125,9 @@ class StepSampler:
         augment_real, augment_fake = self._augment(real.shape), self._augment(real.shape)
         penalty = None
         if regularise:
-            drawn = draw_penalty(self.penalty, real.shape, real.dtype, self.streams["penalty"])
+            drawn = draw_penalty(
+                self.penalty, real.shape, real.dtype, self.streams["penalty"], pac=self.pac
+            )
             penalty = PenaltyDraws(
                 *(None if t is None else to_device(t, self.device) for t in drawn)
             )

@@ -21,13 +21,14 @@ import torch
 from torch import Tensor, nn
 
 from fastgp.train.config import TrainConfig
+from fastgp.train.config.checks import check_packing
 from fastgp.train.data import Dataset
 from fastgp.train.evaluation.metrics import evaluate_generator
 from fastgp.train.evaluation.plots import save_image_grid, save_toy_plot
 from fastgp.train.gan.ema import EMA
 from fastgp.train.gan.replay import ReplayBuffer
 from fastgp.train.gan.steps import CriticOutput, GanSettings, critic_step, generator_step
-from fastgp.train.models import build_networks
+from fastgp.train.models import build_networks, sample_scores
 from fastgp.train.run import checkpoint as ckpt
 from fastgp.train.run import distributed as dist_utils
 from fastgp.train.run.compiled import gradient_functions, resolve_compile
@@ -78,6 +79,7 @@ class Trainer:
                 f"--batch-size {cfg.batch_size} must be divisible by the number of processes "
                 f"({self.ctx.world_size})"
             )
+        check_packing(cfg.batch_size, cfg.pac, self.ctx.world_size)
         self.run_dir = Path(cfg.run_dir)
         self.step = 0
         self.critic_steps = 0  # critic updates so far (for lazy regularisation)
@@ -107,6 +109,7 @@ class Trainer:
             diffaug=cfg.diffaug,
             penalty=cfg.penalty,
             ctx=self.ctx,
+            pac=cfg.pac,
         )
         self.guard = FiniteGuard(self.device)
         self.means = IntervalMeans(self.device)  # since the last log line
@@ -338,7 +341,7 @@ class Trainer:
                     path,
                     self.fixed_real,
                     fake,
-                    critic=self.critic,
+                    critic=sample_scores(self.critic),
                     modes=self.dataset.modes,
                     title=f"{self.cfg.dataset}, step {self.step}",
                 )
