@@ -348,3 +348,49 @@ class OpCalls(TorchDispatchMode):
         if namespace.startswith("fastgp"):
             self.calls.append(func.__name__.split(".")[0])
         return func(*args, **(kwargs or {}))
+
+
+def write_idx(path, array) -> None:
+    """An IDX file of a uint8 array (IDX1 labels, IDX3 images), gzipped if it ends in .gz."""
+    import gzip
+    import struct
+    from pathlib import Path
+
+    import numpy as np
+
+    array = np.ascontiguousarray(array, dtype=np.uint8)
+    header = bytes([0, 0, 0x08, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = header + array.tobytes()
+    path.write_bytes(gzip.compress(data) if path.suffix == ".gz" else data)
+
+
+def synthetic_digits(n: int, seed: int, num_classes: int = 10):
+    """(images (n, 28, 28) uint8, labels (n,) uint8): class k is a bright 6x6 square at the
+    k-th of 10 places on a noisy black background, easy for a small CNN to tell apart."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    labels = np.arange(n) % num_classes
+    rng.shuffle(labels)
+    images = rng.integers(0, 40, (n, 28, 28))
+    for i, k in enumerate(labels):
+        top, left = 3 + (k // 5) * 13, 1 + (k % 5) * 5
+        images[i, top : top + 8, left : left + 5] = rng.integers(200, 256)
+    return images.astype(np.uint8), labels.astype(np.uint8)
+
+
+def write_labelled_mnist(folder, n: int = 200, seed: int = 0, test: int = 50, labels=True):
+    """Tiny MNIST IDX files of ``synthetic_digits`` in ``folder`` (train images and, with
+    ``labels``, train labels; ``test`` t10k images when > 0)."""
+    from pathlib import Path
+
+    folder = Path(folder)
+    images, digit_labels = synthetic_digits(n, seed)
+    write_idx(folder / "train-images-idx3-ubyte", images)
+    if labels:
+        write_idx(folder / "train-labels-idx1-ubyte", digit_labels)
+    if test:
+        write_idx(folder / "t10k-images-idx3-ubyte", synthetic_digits(test, seed + 1)[0])
+    return images, digit_labels

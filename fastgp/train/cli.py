@@ -168,7 +168,18 @@ def _print_header(cfg, trainer, dataset, device, resuming: bool, world: int) -> 
 
 
 def _eval_line(evaluation: dict[str, Any]) -> str:
-    keys = ("modes_covered", "num_modes", "hq_fraction", "reverse_kl", "wasserstein1")
+    keys = (
+        "modes_covered",
+        "num_modes",
+        "hq_fraction",
+        "reverse_kl",
+        "wasserstein1",
+        "class_coverage",
+        "class_kl",
+        "confident_fraction",
+        "classifier_fd",
+        "class_metrics",
+    )
     shown = {k: evaluation[k] for k in keys if k in evaluation}
     if "modes_covered" in shown and "num_modes" in shown:
         shown["modes_covered"] = f"{shown.pop('modes_covered')}/{shown.pop('num_modes')}"
@@ -215,16 +226,26 @@ def main_sample(argv: list[str]) -> int:
 
 
 def main_eval(argv: list[str]) -> int:
-    """``fastgp eval RUN_DIR_OR_CHECKPOINT [--num N] [--json]``."""
+    """``fastgp eval RUN_DIR_OR_CHECKPOINT [--num N] [--fid] [--json]``."""
     prog = "fastgp eval"
     parser = argparse.ArgumentParser(
         prog=prog,
         description="Evaluate a trained run: toy sets: modes covered, high-quality fraction, "
         "reverse KL, exact W1 (2,500 samples); images: the critic's Wasserstein estimate on "
-        "held-out data and pixel statistics.",
+        "held-out data and pixel statistics; labelled images (MNIST with its labels file, "
+        "stacked-mnist): class coverage, class KL, classifier confidence and Fréchet distance "
+        "from a classifier trained once on the run's labelled files (cached in "
+        "RUN/classifier/); with --fid, FID/KID through torch-fidelity and local Inception "
+        "weights.",
     )
     parser.add_argument("run", help="run directory (newest checkpoint) or a checkpoint file")
-    parser.add_argument("--num", type=int, default=None, help="samples (default: the run's 2500)")
+    parser.add_argument(
+        "--num",
+        type=int,
+        default=None,
+        help="samples (default: 26000 stacked-mnist, 10000 other labelled images, else the "
+        "run's --eval-samples)",
+    )
     parser.add_argument("--seed", type=int, default=None, help="noise seed (default: the run's)")
     parser.add_argument(
         "--ema",
@@ -232,15 +253,41 @@ def main_eval(argv: list[str]) -> int:
         default=None,
         help="evaluate the EMA generator (default: when the run has one)",
     )
+    parser.add_argument(
+        "--fid",
+        action="store_true",
+        help="also FID and KID (torch-fidelity: pip install 'fastgp[fidelity]'; image runs)",
+    )
+    parser.add_argument(
+        "--inception-weights",
+        metavar="PATH",
+        default=None,
+        help="torch-fidelity's Inception weights file (weights-inception-2015-12-05-6726825d"
+        ".pth) for --fid (default: $FASTGP_INCEPTION_WEIGHTS, else torch hub's cache); never "
+        "downloaded",
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON object only")
     args = parser.parse_args(argv)
+    from fastgp.train.evaluation.fidelity import FidelityUnavailable
     from fastgp.train.evaluation.sampling import evaluate_run, format_metrics, load_run
     from fastgp.train.run.checkpoint import CheckpointError
     from fastgp.train.run.run_log import jsonable
 
     try:
-        result = evaluate_run(load_run(args.run), num=args.num, seed=args.seed, ema=args.ema)
-    except (ValueError, FileNotFoundError, CheckpointError) as e:
+        if args.inception_weights is not None and not args.fid:
+            raise ValueError("--inception-weights is for --fid; add --fid")
+        run = load_run(args.run)
+        if args.fid and len(run.sample_shape) != 3:
+            raise ValueError("--fid needs an image run; this run's samples are points")
+        result = evaluate_run(
+            run,
+            num=args.num,
+            seed=args.seed,
+            ema=args.ema,
+            fidelity=args.fid,
+            inception_weights=args.inception_weights,
+        )
+    except (ValueError, FileNotFoundError, CheckpointError, FidelityUnavailable) as e:
         return _error(prog, str(e))
     if args.json:
         print(json.dumps(jsonable(result)))

@@ -12,7 +12,13 @@ from fastgp.train.data import is_toy
 from fastgp.train.gan.augment import parse_policy
 from fastgp.train.gan.objectives import check_combination
 
-FILE_DATASETS = ("mnist", "folder", "npz", "npy")  # the datasets read from --data-dir
+FILE_DATASETS = (
+    "mnist",
+    "stacked-mnist",
+    "folder",
+    "npz",
+    "npy",
+)  # the datasets read from --data-dir
 
 
 def check(cfg: TrainConfig) -> None:

@@ -8,9 +8,30 @@ reproducible from its seed and resumable from the generator's saved state
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import Tensor
+
+
+@dataclass(frozen=True)
+class LabelledImages:
+    """Labelled images a dataset's class metrics are judged with (its digit classifier's
+    training data).
+
+    Attributes:
+        images: (N, C, H, W) uint8 in [0, 255] or float32 in [-1, 1], at the size and
+            channel count the dataset serves (for Stacked MNIST: single 1-channel digits).
+        labels: (N,) int64 in [0, num_classes).
+        num_classes: the number of classes K of one image of ``images``.
+        files: the files they were read from (the classifier cache compares their hashes).
+    """
+
+    images: Tensor
+    labels: Tensor
+    num_classes: int
+    files: tuple[Path, ...]
 
 
 class Dataset(ABC):
@@ -24,6 +45,12 @@ class Dataset(ABC):
             coordinates as the samples; None for other data.
         mode_std: per-coordinate standard deviation of each mode (scaled); None if no modes.
         num_examples: size of a finite dataset; None for streamed data.
+        labelled: the labelled images behind the class metrics (MNIST with its labels
+            file, Stacked MNIST); None when the data has no labels.
+        label_note: why ``labelled`` is None, said in the evaluation output.
+        stacked: each channel of a sample is one image of ``labelled`` (Stacked MNIST):
+            a sample's class is the base-K number of its channels' classes, channel 0
+            the most significant, so K**C classes.
     """
 
     name: str
@@ -32,6 +59,9 @@ class Dataset(ABC):
     modes: Tensor | None = None
     mode_std: float | None = None
     num_examples: int | None = None
+    labelled: LabelledImages | None = None
+    label_note: str | None = None
+    stacked: bool = False
 
     def sample(
         self, batch_size: int, generator: torch.Generator, device: torch.device | str = "cpu"

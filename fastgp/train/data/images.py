@@ -10,22 +10,32 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from fastgp.train.data.base import Dataset
+from fastgp.train.data.base import Dataset, LabelledImages
 
 
 class TensorImageDataset(Dataset):
     """Images held in memory as (N, C, H, W): uint8 in [0, 255] or float32 in [-1, 1].
 
     Batches are ``images[randint(N, (B,))]`` converted to float32 in [-1, 1].
-    ``heldout_images`` (same layout) is used for ``heldout`` when given.
+    ``heldout_images`` (same layout) is used for ``heldout`` when given. ``labelled``
+    (the same images with their labels) and ``label_note`` are as in ``Dataset``.
     """
 
     kind = "image"
 
-    def __init__(self, name: str, images: Tensor, heldout_images: Tensor | None = None) -> None:
+    def __init__(
+        self,
+        name: str,
+        images: Tensor,
+        heldout_images: Tensor | None = None,
+        *,
+        labelled: LabelledImages | None = None,
+        label_note: str | None = None,
+    ) -> None:
         if images.dim() != 4 or images.shape[0] == 0:
             raise ValueError(f"{name}: expected a non-empty (N, C, H, W) image tensor")
         self.name = name
+        self.labelled, self.label_note = labelled, label_note
         self.images = images
         self.heldout_images = heldout_images
         self.sample_shape = tuple(images.shape[1:])

@@ -8,6 +8,7 @@ from fastgp.train.data.folder import load_folder
 from fastgp.train.data.images import check_image_options
 from fastgp.train.data.mnist import load_mnist
 from fastgp.train.data.shapes import SHAPES_NUM_EXAMPLES, ShapesDataset
+from fastgp.train.data.stacked import load_stacked_mnist
 from fastgp.train.data.toy import eight_gaussians, swiss_roll, twenty_five_gaussians
 
 DATASETS = (
@@ -15,6 +16,7 @@ DATASETS = (
     "25gaussians",
     "swissroll",
     "mnist",
+    "stacked-mnist",
     "folder",
     "npz",
     "npy",
@@ -40,14 +42,17 @@ def load_dataset(
 
     Args:
         name: ``8gaussians``, ``25gaussians``, ``swissroll`` (toy, no options);
-            ``mnist`` (IDX files in ``data_dir``); ``folder`` (images under ``data_dir``);
+            ``mnist`` (IDX files in ``data_dir``); ``stacked-mnist`` (three MNIST digits
+            as RGB channels, from the same files; ``stacked.py``); ``folder`` (images
+            under ``data_dir``);
             ``npz`` / ``npy`` (an array file, or a folder with exactly one);
             ``shapes`` (procedural, no files).
-        data_dir: where the files are (required by mnist, folder, npz, npy).
+        data_dir: where the files are (required by mnist, stacked-mnist, folder, npz, npy).
         image_size: output height = width. None keeps the native size (mnist: 28,
             npz/npy: as stored) or uses the default (folder: 64, shapes: 32).
         channels: 1 or 3; None keeps the native count (folder: 3, shapes: 3).
-        seed: fixes the procedural ``shapes`` examples (batches come from the
+        seed: fixes the procedural ``shapes`` examples and the ``stacked-mnist`` digit
+            triples (batches come from the
             generator passed to ``sample``).
     """
     if name not in DATASETS:
@@ -65,6 +70,8 @@ def load_dataset(
         )()
     if name == "mnist":
         return load_mnist(data_dir, image_size, channels)
+    if name == "stacked-mnist":
+        return load_stacked_mnist(data_dir, image_size, channels, seed)
     if name == "folder":
         return load_folder(data_dir, image_size, channels)
     if name in ("npz", "npy"):

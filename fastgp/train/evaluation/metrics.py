@@ -1,13 +1,15 @@
 """Sample-quality metrics: mode coverage on the toy mixtures, exact 1-Wasserstein distance,
-and cheap image statistics.
+cheap image statistics, and (``image_metrics``, ``fidelity``) class metrics and FID/KID.
 
 Toy protocol (VEEGAN, PacGAN, GDPP): draw samples; a sample is *high quality* (HQ) when its
 Euclidean distance to the nearest mode centre is at most ``hq_sigmas`` (3) standard
 deviations; a mode is *covered* when at least ``min_count`` (1) HQ samples are nearest to it.
 
-Image datasets get no FID (no Inception weights are shipped or fetched): pixel-statistic
-distances and a sliced 1-Wasserstein distance between downsampled generated and held-out
-images, which track training progress but are not comparable with published numbers.
+Image datasets always get pixel-statistic distances and a sliced 1-Wasserstein distance
+between downsampled generated and held-out images, which track training progress but are
+not comparable with published numbers; labelled ones (MNIST with labels, Stacked MNIST) the
+class metrics of ``image_metrics`` from a classifier trained on the user's files; FID/KID
+only when asked for with local Inception weights (``fidelity``; nothing is downloaded).
 """
 
 from __future__ import annotations
@@ -203,6 +205,19 @@ def critic_gap(critic: nn.Module, real: Tensor, fake: Tensor, device: torch.devi
     return float(scores[0].double().mean() - scores[1].double().mean())
 
 
+def _image_quality(fake: Tensor, real: Tensor, dataset, classifier) -> dict:
+    """The class metrics, or the note saying why there are none."""
+    from fastgp.train.evaluation.image_metrics import class_metrics, skipped_note
+
+    if dataset.labelled is None:
+        return {"class_metrics": skipped_note(dataset)}
+    if classifier is None:
+        return {}
+    if not bool(torch.isfinite(fake).all()):
+        return {"class_metrics": "skipped: a generated image is not finite"}
+    return class_metrics(fake, real, dataset, classifier)
+
+
 def evaluate_generator(
     generator: nn.Module,
     dataset,
@@ -212,6 +227,9 @@ def evaluate_generator(
     device: torch.device | str,
     critic: nn.Module | None = None,
     w1_points: int = EVAL_W1_POINTS,
+    classifier=None,
+    fidelity: bool = False,
+    inception_weights: str | None = None,
 ) -> dict:
     """Metrics of ``generator`` against ``dataset`` (a ``fastgp.train.data.Dataset``).
 
@@ -223,9 +241,14 @@ def evaluate_generator(
     ``wasserstein1`` = exact W1 between the first ``min(num_samples, w1_points)``
     generated and held-out points (NaN if a generated point is not finite);
     ``wasserstein1_points`` says how many. Images: ``image_statistics`` vs as many
-    held-out images. With ``critic``: ``critic_wasserstein`` = mean D(real) - mean D(fake)
-    on the held-out and generated samples (a packed critic: the packs that
-    ``num_samples`` fills, see ``critic_gap``). Always: ``num_samples``.
+    held-out images; for a labelled dataset with ``classifier`` (a
+    ``classifier.TrainedClassifier``) the ``image_metrics.class_metrics``, for an unlabelled
+    one ``class_metrics`` = a note saying why they are skipped; with ``fidelity``, ``fid``,
+    ``kid_mean``, ``kid_std`` (``fidelity.fid_kid`` with ``inception_weights``; raises
+    ``fidelity.FidelityUnavailable`` without weights or torch-fidelity). With ``critic``:
+    ``critic_wasserstein`` = mean D(real) - mean D(fake) on the held-out and generated
+    samples (a packed critic: the packs that ``num_samples`` fills, see ``critic_gap``).
+    Always: ``num_samples``.
     """
     if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
         raise ValueError(f"`num_samples` must be a positive int, got {num_samples!r}")
@@ -250,6 +273,11 @@ def evaluate_generator(
             result["wasserstein1_points"] = n
         else:
             result.update(image_statistics(fake, real, seed))
+            result.update(_image_quality(fake, real, dataset, classifier))
+            if fidelity:
+                from fastgp.train.evaluation.fidelity import fid_kid
+
+                result.update(fid_kid(fake, real, inception_weights, device))
         if critic is not None:
             result["critic_wasserstein"] = critic_gap(critic, real, fake, device)
     finally:

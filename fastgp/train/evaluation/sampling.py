@@ -20,6 +20,8 @@ from torch import Tensor, nn
 
 from fastgp.train.config import TrainConfig, merge
 from fastgp.train.data import Dataset, load_dataset
+from fastgp.train.evaluation.classifier import CLASSIFIER_DIR, load_or_train_classifier
+from fastgp.train.evaluation.image_metrics import MNIST_EVAL_SAMPLES, STACKED_EVAL_SAMPLES
 from fastgp.train.evaluation.metrics import evaluate_generator, generate
 from fastgp.train.evaluation.plots import save_image_grid, save_toy_plot
 from fastgp.train.models import build_networks as build_untrained
@@ -118,22 +120,52 @@ def write_samples(path: str | os.PathLike, samples: Tensor, run: LoadedRun) -> P
     return save_image_grid(path, samples, nrow=max(1, math.isqrt(samples.shape[0] - 1) + 1))
 
 
+def run_directory(run: LoadedRun) -> Path:
+    """The run directory holding the checkpoint (``RUN/checkpoints/step-*.pt``)."""
+    return run.checkpoint.parent.parent
+
+
+def default_eval_samples(run: LoadedRun, dataset: Dataset) -> int:
+    """Samples ``fastgp eval`` draws by default: 26,000 for Stacked MNIST (its protocol),
+    10,000 for other labelled image sets, the run's ``eval_samples`` otherwise."""
+    if dataset.labelled is not None:
+        return STACKED_EVAL_SAMPLES if dataset.stacked else MNIST_EVAL_SAMPLES
+    return run.cfg.eval_samples
+
+
 def evaluate_run(
-    run: LoadedRun, *, num: int | None = None, seed: int | None = None, ema: bool | None = None
+    run: LoadedRun,
+    *,
+    num: int | None = None,
+    seed: int | None = None,
+    ema: bool | None = None,
+    fidelity: bool = False,
+    inception_weights: str | None = None,
 ) -> dict[str, Any]:
-    """``evaluate_generator`` on the run's (EMA) generator; with the defaults this repeats
-    the evaluation the trainer logged at the checkpoint's step."""
+    """``evaluate_generator`` on the run's (EMA) generator, with the class metrics of a
+    labelled dataset (its classifier loaded from, or trained into, ``RUN/classifier/``) and,
+    with ``fidelity``, FID/KID. ``num`` None: ``default_eval_samples``."""
     generator, critic = build_networks(run, ema=ema)
-    num = run.cfg.eval_samples if num is None else num
+    dataset = run_dataset(run)
+    num = default_eval_samples(run, dataset) if num is None else num
     if isinstance(num, bool) or not isinstance(num, int) or num < 1:
         raise ValueError(f"--num must be a positive integer, got {num!r}")
+    classifier, about = None, {}
+    if dataset.labelled is not None:
+        classifier = load_or_train_classifier(
+            dataset.labelled, run_directory(run) / CLASSIFIER_DIR, seed=run.cfg.seed
+        )
+        about = {"classifier_cached": classifier.cached, "classifier_seconds": classifier.seconds}
     result = evaluate_generator(
         generator,
-        run_dataset(run),
+        dataset,
         num_samples=num,
         seed=run.cfg.seed if seed is None else seed,
         device="cpu",
         critic=critic,
+        classifier=classifier,
+        fidelity=fidelity,
+        inception_weights=inception_weights,
     )
     use_ema = run.has_ema if ema is None else ema
     return {
@@ -141,6 +173,7 @@ def evaluate_run(
         "checkpoint": str(run.checkpoint),
         "model": "ema" if use_ema else "generator",
         **result,
+        **about,
     }
 
 

@@ -149,6 +149,10 @@ def run_training(trainer: Trainer, *, resumed: bool = False) -> RunOutcome:
     )
     bar = _progress(cfg, trainer.step, enabled=ctx.is_main and cfg.progress)
     last_saved = ckpt.latest_checkpoint(trainer.run_dir) if ctx.is_main else None
+    if ctx.is_main:  # the class metrics' classifier, before the clock: step times leave it out
+        prepared = trainer.prepare_classifier()
+        if prepared is not None:
+            log.write(prepared)
     clock = _Clock(trainer.step)
     evaluation: dict[str, Any] = {}
     sigint = _SigintFlag()

@@ -23,6 +23,11 @@ from torch import Tensor, nn
 from fastgp.train.config import TrainConfig
 from fastgp.train.config.checks import check_packing
 from fastgp.train.data import Dataset
+from fastgp.train.evaluation.classifier import (
+    CLASSIFIER_DIR,
+    TrainedClassifier,
+    load_or_train_classifier,
+)
 from fastgp.train.evaluation.metrics import evaluate_generator
 from fastgp.train.evaluation.plots import save_image_grid, save_toy_plot
 from fastgp.train.gan.ema import EMA
@@ -122,6 +127,7 @@ class Trainer:
         count = TOY_PLOT_POINTS if dataset.kind == "toy" else GRID_IMAGES
         self.fixed_z = torch.randn(count, cfg.z_dim, generator=fixed)
         self.fixed_real = dataset.heldout(count, fixed) if dataset.kind == "toy" else None
+        self.classifier: TrainedClassifier | None = None  # of a labelled image set
 
     def _optimizer(self, module: nn.Module, lr: float) -> torch.optim.Optimizer:
         if self.cfg.optimizer == "rmsprop":
@@ -351,8 +357,29 @@ class Trainer:
             save_image_grid(path, fake, nrow=8)
         return path
 
+    def prepare_classifier(self) -> dict[str, Any] | None:
+        """Load (or train, once, into ``RUN/classifier/``) the classifier behind the class
+        metrics of a labelled image set; returns the ``classifier`` log record (how long it
+        took, whether it was cached, its held-out accuracy), or None when there is nothing
+        to prepare. The run loop calls it before its clock starts, so step times leave it out.
+        """
+        if self.dataset.labelled is None or self.classifier is not None:
+            return None
+        self.classifier = load_or_train_classifier(
+            self.dataset.labelled, self.run_dir / CLASSIFIER_DIR, seed=self.cfg.seed
+        )
+        return {
+            "kind": "classifier",
+            "step": self.step,
+            "seconds": self.classifier.seconds,
+            "cached": self.classifier.cached,
+            "heldout_accuracy": self.classifier.heldout_accuracy,
+        }
+
     def evaluate(self) -> dict[str, Any]:
-        """``evaluate_generator`` on the sampling model (fixed seed: comparable over steps)."""
+        """``evaluate_generator`` on the sampling model (fixed seed: comparable over steps),
+        with the class metrics of a labelled image set."""
+        self.prepare_classifier()
         result = evaluate_generator(
             self.sampling_model,
             self.dataset,
@@ -360,6 +387,7 @@ class Trainer:
             seed=self.cfg.seed,
             device=self.device,
             critic=self.critic,
+            classifier=self.classifier,
         )
         return {
             "step": self.step,
