@@ -337,3 +337,14 @@ def test_checks_read_the_table(values, message):
     with pytest.raises(config.ConfigError) as error:
         config.check(config.merge(values))
     assert str(error.value) == message
+
+
+def test_generator_layers_are_for_the_mlp():
+    with pytest.raises(config.ConfigError, match="--g-layers applies to --arch mlp"):
+        config.resolve(
+            config.merge({"dataset": "shapes", "g_layers": 4, "run_dir": "x"}), (3, 32, 32)
+        )
+    assert (
+        config.resolve(config.merge({"dataset": "shapes", "run_dir": "x"}), (3, 32, 32)).g_layers
+        == 3
+    )

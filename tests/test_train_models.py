@@ -147,3 +147,22 @@ def test_default_arch():
     assert default_arch((3, 64, 64)) == "dcgan64"
     with pytest.raises(ValueError, match="28x28, 32x32 or 64x64"):
         default_arch((3, 48, 48))
+
+
+def test_generator_layers_deepen_only_the_mlp_generator():
+    torch.manual_seed(0)
+    plain = build_models("mlp", (2,), 2, 16, generator_norm="none")
+    torch.manual_seed(0)
+    three = build_models("mlp", (2,), 2, 16, generator_norm="none", generator_layers=3)
+    for a, b in zip(plain, three, strict=True):  # 3 is the default, weight for weight
+        for (name, p), (_, q) in zip(a.state_dict().items(), b.state_dict().items(), strict=True):
+            assert torch.equal(p, q), name
+    torch.manual_seed(0)
+    gen, critic = build_models("mlp", (2,), 2, 16, generator_norm="none", generator_layers=5)
+    assert sum(isinstance(m, nn.Linear) for m in gen.modules()) == 6  # 5 hidden + output
+    assert sum(isinstance(m, nn.Linear) for m in critic.modules()) == 4  # unchanged
+    assert gen(torch.randn(7, 2)).shape == (7, 2)
+    with pytest.raises(ValueError, match="generator_layers"):
+        build_models("mlp", (2,), 2, 16, generator_layers=2)
+    with pytest.raises(ValueError, match="3 for the convnets"):
+        build_models("dcgan28", (1, 28, 28), 8, 4, generator_layers=4)

@@ -178,11 +178,12 @@ def _mlp_pair(
     critic_norm: str,
     generator_norm: str,
     critic_features: int,
+    generator_layers: int = 3,
 ) -> tuple[nn.Module, nn.Module]:
-    """gan_toy.py: 3 hidden ReLU layers of width ``dim`` in both nets, He-uniform hidden
-    weights, Glorot-uniform output weights, zero biases. Images are flattened; their
-    generator output goes through tanh. The critic reads ``critic_features`` inputs (a
-    flattened pack)."""
+    """gan_toy.py: 3 hidden ReLU layers of width ``dim`` in both nets (``generator_layers``
+    in the generator), He-uniform hidden weights, Glorot-uniform output weights, zero
+    biases. Images are flattened; their generator output goes through tanh. The critic
+    reads ``critic_features`` inputs (a flattened pack)."""
     features = math.prod(sample_shape)
     g_layers: list[nn.Module] = []
     d_layers: list[nn.Module] = [nn.Flatten()]
@@ -192,6 +193,8 @@ def _mlp_pair(
         g_layers.append(nn.ReLU())
         d_layers += [nn.Linear(d_in, dim), *_critic_norm_1d(critic_norm, dim), nn.ReLU()]
         g_in = d_in = dim
+    for _ in range(generator_layers - 3):  # a deeper generator: sharper jumps between modes
+        g_layers += [nn.Linear(dim, dim), *_generator_norm(generator_norm, dim, False), nn.ReLU()]
     g_layers.append(nn.Linear(dim, features))
     if len(sample_shape) > 1:
         g_layers.append(nn.Tanh())
@@ -397,6 +400,7 @@ def build_models(
     critic_norm: str = "none",
     generator_norm: str = "batch",
     pac: int = 1,
+    generator_layers: int = 3,
 ) -> tuple[nn.Module, nn.Module]:
     """Build ``(generator, critic)`` for samples of ``sample_shape``.
 
@@ -415,6 +419,8 @@ def build_models(
         pac: PacGAN packing: the critic scores packs of ``pac`` consecutive samples
             (``Critic``, ``pack``); its first layer takes ``pac`` times the features or
             channels. 1: one score per sample.
+        generator_layers: hidden layers of the ``mlp`` generator (>= 3; the convnets have
+            their fixed depth, so they take only 3).
 
     Returns:
         (generator, critic), both float32 on CPU in train mode.
@@ -422,10 +428,19 @@ def build_models(
     sample_shape = tuple(sample_shape)
     width = DEFAULT_WIDTH.get(arch, 64) if nf is None else nf
     _check_args(arch, sample_shape, z_dim, width, critic_norm, generator_norm, pac)
+    if isinstance(generator_layers, bool) or not isinstance(generator_layers, int):
+        raise ValueError(f"`generator_layers` must be an int, got {generator_layers!r}")
+    if generator_layers < 3 or (arch != "mlp" and generator_layers != 3):
+        raise ValueError(
+            f"`generator_layers` must be >= 3 for arch mlp and 3 for the convnets; got "
+            f"{generator_layers} for arch {arch!r}"
+        )
     norms = (critic_norm, generator_norm)
     critic_input = packed_shape(sample_shape, pac)  # what the critic's net reads per pack
     if arch == "mlp":
-        g_net, d_net = _mlp_pair(sample_shape, z_dim, width, *norms, math.prod(critic_input))
+        g_net, d_net = _mlp_pair(
+            sample_shape, z_dim, width, *norms, math.prod(critic_input), generator_layers
+        )
     else:
         channels = sample_shape[0]
         if arch == "dcgan28":
@@ -454,6 +469,7 @@ def build_networks(cfg: TrainConfig, sample_shape: tuple[int, ...]) -> tuple[nn.
         "critic_norm": cfg.critic_norm,
         "generator_norm": cfg.generator_norm,
         "pac": cfg.pac,
+        "generator_layers": cfg.g_layers,
     }
     generator, critic = build_models(cfg.arch, sample_shape, cfg.z_dim, cfg.nf, **pair)
     if cfg.nf_g != cfg.nf:

@@ -49,6 +49,11 @@ def check(cfg: TrainConfig) -> None:
         raise ConfigError(
             f"--image-size/--channels apply to images; dataset {cfg.dataset!r} is 2-D points"
         )
+    if cfg.arch not in (None, "mlp") and cfg.g_layers not in (None, 3):
+        raise ConfigError(
+            f"--g-layers applies to --arch mlp (the convnets have a fixed depth); got "
+            f"--g-layers {cfg.g_layers} with --arch {cfg.arch}"
+        )
     if cfg.penalty is not None:
         check_combination(cfg.objective, cfg.penalty, warn=False)
     if cfg.batch_size is not None:

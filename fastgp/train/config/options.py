@@ -100,6 +100,11 @@ OPTIONS: dict[str, Option] = {
         "the generator is cheap next to the critic's double backward, and a wide toy "
         "generator learns the sharp jumps between modes sooner"
     ),
+    "g_layers": _count(
+        "hidden layers of the MLP generator (auto: 4 toy, 3 otherwise; the convnets have "
+        "their fixed depth): depth lets a 2-D-noise generator jump between modes more sharply",
+        low=3,
+    ),
     "spectral_norm": Option(bool, "spectral normalisation on every critic layer"),
     "critic_norm": Option(
         str, "per-sample normalisation in the critic (never batch norm)", choices=CRITIC_NORMS

@@ -38,6 +38,7 @@ class TrainConfig:
     z_dim: int | None = None
     nf: int | None = None
     nf_g: int | None = None
+    g_layers: int | None = None
     spectral_norm: bool = False
     critic_norm: str = "none"
     generator_norm: str | None = None
