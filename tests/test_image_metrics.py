@@ -290,6 +290,33 @@ def test_fid_hands_uint8_rgb_images_and_the_local_weights_to_torch_fidelity(
     assert item.dtype == torch.uint8 and item.shape == (3, 28, 28) and len(kwargs["input2"]) == 12
 
 
+def test_fid_during_training_is_checked_before_training_and_logged(tmp_path, capsys, monkeypatch):
+    write_labelled_mnist(tmp_path / "data", n=20, labels=False)
+    monkeypatch.delenv(fidelity.WEIGHTS_VARIABLE, raising=False)
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+    run = tmp_path / "run"
+    assert main_train(labelled_run_args(run, tmp_path / "data", "--steps", "1", "--fid")) == 2
+    err = capsys.readouterr().err
+    assert "--fid: " in err and fidelity.INCEPTION_WEIGHTS_FILE in err
+    assert not (run / "metrics.jsonl").exists()  # nothing trained
+    assert main_train(["--fid", "--run-dir", str(tmp_path / "toy")]) == 2
+    assert "--fid needs images" in capsys.readouterr().err
+    weights = tmp_path / "inception.pth"
+    weights.write_bytes(b"")
+    fake = {
+        "frechet_inception_distance": 3.0,
+        "kernel_inception_distance_mean": 0.5,
+        "kernel_inception_distance_std": 0.1,
+    }
+    monkeypatch.setitem(
+        sys.modules, "torch_fidelity", types.SimpleNamespace(calculate_metrics=lambda **kw: fake)
+    )
+    args = labelled_run_args(run, tmp_path / "data", "--steps", "2", "--fid")
+    assert main_train([*args, "--inception-weights", str(weights)]) == 0
+    evals = [r for r in read_metrics(run / "metrics.jsonl") if r["kind"] == "eval"]
+    assert len(evals) == 2 and all((r["fid"], r["kid_mean"]) == (3.0, 0.5) for r in evals)
+
+
 @pytest.mark.slow
 def test_classifier_reaches_high_heldout_accuracy_on_a_larger_synthetic_set(tmp_path):
     write_labelled_mnist(tmp_path, n=3000, test=0)

@@ -113,7 +113,7 @@ def test_resolve_fills_every_auto_field():
     toy = config.resolve(config.merge({"run_dir": "x"}), (2,))
     optional = config.RESUMABLE_FIELDS | {"data_dir", "image_size", "channels"}
     assert all(v is not None for k, v in toy.to_dict().items() if k not in optional)
-    assert (toy.arch, toy.penalty, toy.n_critic, toy.optimizer) == ("mlp", "gp", 5, "adam")
+    assert (toy.arch, toy.penalty, toy.n_critic, toy.optimizer) == ("mlp", "gp", 2, "adam")
     images = config.resolve(config.merge({"dataset": "shapes", "run_dir": "x"}), (3, 32, 32))
     assert (images.arch, images.weight, images.beta1, images.lr_g) == ("dcgan32", 10.0, 0.0, 1e-4)
     clip = config.resolve(config.merge({"objective": "wgan-clip", "run_dir": "x"}), (2,))
@@ -155,7 +155,7 @@ def test_toy_run_directory_contents(tmp_path, capsys):
     assert "finished 4 steps" in out and "modes_covered" in out
     saved = json.loads((run / "config.json").read_text())
     assert saved["dataset"] == "8gaussians" and saved["arch"] == "mlp"
-    assert saved["penalty"] == "gp" and saved["weight"] == 0.1
+    assert saved["penalty"] == "gp" and saved["weight"] == 1.0
     records = read_metrics(run / "metrics.jsonl")
     train = [r for r in records if r["kind"] == "train"]
     assert [r["step"] for r in train] == [2, 4]

@@ -43,6 +43,8 @@ def check(cfg: TrainConfig) -> None:
         raise ConfigError(
             f"--diffaug {cfg.diffaug!r} needs images; dataset {cfg.dataset!r} is 2-D points"
         )
+    if cfg.fid and toy:
+        raise ConfigError(f"--fid needs images; dataset {cfg.dataset!r} is 2-D points")
     if cfg.dataset in FILE_DATASETS and not cfg.data_dir:
         raise ConfigError(f"--data-dir is required for dataset {cfg.dataset!r}")
     if toy and (cfg.image_size is not None or cfg.channels is not None):

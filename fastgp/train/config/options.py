@@ -211,15 +211,33 @@ OPTIONS: dict[str, Option] = {
     "deterministic": Option(bool, "torch.use_deterministic_algorithms(True)"),
     "log_every": _count("generator steps between metrics.jsonl lines", resumable=True),
     "sample_every": _count(
-        "generator steps between sample pictures (0: end only)", low=0, resumable=True
+        "generator steps between sample pictures (0: end only; auto: 1000 toy, 500 images)",
+        low=0,
+        resumable=True,
     ),
     "checkpoint_every": _count(
         "generator steps between checkpoints (0: end only)", low=0, resumable=True
     ),
     "eval_every": _count(
-        "generator steps between evaluations (0: end only)", low=0, resumable=True
+        "generator steps between evaluations (0: end only; auto: 3000 toy, whose exact W1 "
+        "on 2,500 points takes seconds, 1000 images)",
+        low=0,
+        resumable=True,
     ),
     "eval_samples": _count("samples drawn per evaluation", resumable=True),
+    "fid": Option(
+        bool,
+        "also FID and KID at every evaluation of an image run (torch-fidelity: pip install "
+        "'fastgp[fidelity]', and its Inception weights on this machine, see "
+        "--inception-weights; checked before training)",
+        resumable=True,
+    ),
+    "inception_weights": Option(
+        str,
+        "torch-fidelity's Inception weights file for --fid (auto: $FASTGP_INCEPTION_WEIGHTS, "
+        "else torch hub's checkpoints/ cache); never downloaded",
+        resumable=True,
+    ),
     "keep_last": _count("checkpoints kept", resumable=True),
     "run_dir": Option(
         str,

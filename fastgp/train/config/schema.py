@@ -78,10 +78,12 @@ class TrainConfig:
     threads: int | None = None
     deterministic: bool = False
     log_every: int = 100
-    sample_every: int = 500
+    sample_every: int | None = None
     checkpoint_every: int = 1000
-    eval_every: int = 1000
+    eval_every: int | None = None
     eval_samples: int = 2500
+    fid: bool = False
+    inception_weights: str | None = None
     keep_last: int = 3
     run_dir: str | None = None
     resume: str | None = None

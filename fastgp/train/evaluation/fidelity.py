@@ -51,6 +51,13 @@ def find_inception_weights(path: str | os.PathLike | None) -> Path:
     )
 
 
+def check_available(path: str | os.PathLike | None) -> Path:
+    """The Inception weights file once torch-fidelity imports, or FidelityUnavailable."""
+    weights = find_inception_weights(path)
+    _import_fidelity()
+    return weights
+
+
 def _import_fidelity():
     try:
         import torch_fidelity
@@ -82,7 +89,7 @@ def fid_kid(
     """``{"fid", "kid_mean", "kid_std"}`` of (N, C, H, W) images in [-1, 1], C in {1, 3},
     from torch-fidelity's Inception (``feature_extractor_weights_path`` = the weights found
     by ``find_inception_weights``). Raises FidelityUnavailable (module doc)."""
-    path = find_inception_weights(weights)
+    path = check_available(weights)
     fidelity = _import_fidelity()
     n = min(fake.shape[0], real.shape[0])
     if n < 2:

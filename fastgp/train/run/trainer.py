@@ -85,6 +85,14 @@ class Trainer:
                 f"({self.ctx.world_size})"
             )
         check_packing(cfg.batch_size, cfg.pac, self.ctx.world_size)
+        self.inception_weights = None
+        if cfg.fid:  # before any training: a missing library or file is found now
+            from fastgp.train.evaluation.fidelity import FidelityUnavailable, check_available
+
+            try:
+                self.inception_weights = str(check_available(cfg.inception_weights))
+            except FidelityUnavailable as e:
+                raise ValueError(f"--fid: {e}") from None
         self.run_dir = Path(cfg.run_dir)
         self.step = 0
         self.critic_steps = 0  # critic updates so far (for lazy regularisation)
@@ -388,6 +396,8 @@ class Trainer:
             device=self.device,
             critic=self.critic,
             classifier=self.classifier,
+            fidelity=self.cfg.fid,
+            inception_weights=self.inception_weights,
         )
         return {
             "step": self.step,
