@@ -77,30 +77,28 @@ IMAGE_PRESET: dict[str, Any] = {
     "sample_every": 500,
 }
 
-# --preset quick on images, per architecture: WGAN-GP (lambda 10, batch 64) with one
-# critic step per generator step, half the paper's widths (a quarter for 64x64), Adam 2e-4
-# with betas (0.5, 0.9) decayed linearly to 0, and a step count from the generator steps
-# per second measured on 2 CPU cores (AMD EPYC VM, torch 2.13): dcgan28 nf 32 8.2/s (5500
-# steps: ~11 min), dcgan32 nf 32 6.6/s (4500: ~11.5 min), dcgan64 nf 16 3.8/s (2500: ~11
-# min); the image MLP nf 64 took 5.3 steps/s with 5 critic steps on one thread, so 5000
-# single-critic-step steps stay well inside. The rest of 15 minutes is the start, the
-# digit classifier of labelled data (~30 s), evaluations, pictures and checkpoints. With
-# the paper's 5 critic steps, 1400 dcgan28 steps (the same 12.5 minutes) gave blurred
-# digits of 8 classes, 29% of them recognised with confidence >= 0.9: in a short budget
-# the generator needs the steps more than the critic does. README "Quick preset" has the
-# command, the time and the samples.
+# --preset quick on images, per architecture: WGAN-GP as the paper (lambda 10, 5 critic
+# steps, batch 64) with a quarter of its critic width and half its generator width (the
+# critic's double backward is most of a step), Adam 2e-4 with betas (0.5, 0.9) decayed
+# linearly to 0, and a step count from the generator steps per second measured on 2 CPU
+# cores (AMD EPYC VM, torch 2.13): dcgan28 3.6/s (2500 steps: ~11.5 min), dcgan32 2.1/s
+# (1400: ~11 min), dcgan64 at width 16 for both nets 1.07/s (750: ~11.5 min), the image
+# MLP 5.3/s on one thread (1500: ~5 min). The rest of 15 minutes is the start, the digit
+# classifier of labelled data (~30 s), evaluations, pictures and checkpoints. Tried on
+# MNIST and dropped: both widths 32 (1.9/s, 1400 steps: blurred digits of 8 classes, 29%
+# recognised with confidence >= 0.9) and 1 critic step (8.2/s: collapsed to one digit by
+# step 1000). README "Quick preset" has the command, the time and the samples.
 _QUICK_RECIPE: dict[str, Any] = {
-    "n_critic": 1,
     "lr_g": 2e-4,
     "lr_d": 2e-4,
     "beta1": 0.5,
     "lr_schedule": "linear",
 }
 QUICK_IMAGE_PRESET: dict[str, dict[str, Any]] = {
-    "dcgan28": {"nf": 32, **_QUICK_RECIPE, "steps": 5500},
-    "dcgan32": {"nf": 32, **_QUICK_RECIPE, "steps": 4500},
-    "dcgan64": {"nf": 16, **_QUICK_RECIPE, "steps": 2500},
-    "mlp": {**_QUICK_RECIPE, "steps": 5000},
+    "dcgan28": {"nf": 16, "nf_g": 32, **_QUICK_RECIPE, "steps": 2500},
+    "dcgan32": {"nf": 16, "nf_g": 32, **_QUICK_RECIPE, "steps": 1400},
+    "dcgan64": {"nf": 16, "nf_g": 16, **_QUICK_RECIPE, "steps": 750},
+    "mlp": {**_QUICK_RECIPE, "steps": 1500},
 }
 
 
