@@ -128,6 +128,7 @@ def test_cpu_cache_both_adds_cache_on_rows_for_cases_the_cache_serves(tmp_path):
         "--modes", "fwd",
         "--providers", "eager,fastgp,copy",
         "--steps", "none",
+        "--train-repeats", "0",
         "--cpu-cache", "both",
         "--min-time", "0",
         "--min-repeats", "2",
