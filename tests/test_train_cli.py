@@ -294,8 +294,8 @@ def test_the_option_table_has_one_row_per_field_of_the_declared_type():
         assert option.interval in ("[]", "[)", "(]", "()"), name
     assert config.RESUMABLE_FIELDS == {
         "steps", "device", "backend", "compile", "threads", "log_every", "sample_every",
-        "checkpoint_every", "eval_every", "eval_samples", "keep_last", "progress",
-        "tensorboard", "run_dir", "resume",
+        "checkpoint_every", "eval_every", "eval_samples", "fid", "inception_weights",
+        "keep_last", "progress", "tensorboard", "run_dir", "resume",
     }  # fmt: skip
 
 
