@@ -81,7 +81,7 @@ IMAGE_PRESET: dict[str, Any] = {
 # steps, batch 64) with a quarter of its critic width and half its generator width (the
 # critic's double backward is most of a step), Adam 2e-4 with betas (0.5, 0.9) decayed
 # linearly to 0, and a step count from the generator steps per second measured on 2 CPU
-# cores (AMD EPYC VM, torch 2.13): dcgan28 3.6/s (2500 steps: ~11.5 min), dcgan32 2.1/s
+# cores (Intel Xeon VM, torch 2.13): dcgan28 3.6/s (2500 steps: ~11.5 min), dcgan32 2.1/s
 # (1400: ~11 min), dcgan64 at width 16 for both nets 1.07/s (750: ~11.5 min), the image
 # MLP 5.3/s on one thread (1500: ~5 min). The rest of 15 minutes is the start, the digit
 # classifier of labelled data (~30 s), evaluations, pictures and checkpoints. Tried on
