@@ -29,11 +29,11 @@ from fastgp.train.gan.objectives import check_combination, default_penalty
 # Tuned on 25gaussians (README "Quality on the toy sets": the runs, 3 seeds per set): a
 # 128-wide 3-layer critic (its double backward is most of a step) and a 256-wide 4-layer
 # generator (depth makes a 2-D-noise generator's jumps between modes sharp: with 3 layers
-# the same recipe reached 83% high-quality samples on seed 0, with 4 layers 92%; the
+# the same recipe reached 81.6% high-quality samples on seed 0, with 4 layers 92.4%; the
 # missing ones lie on bridges between modes); lambda 1 (0.1, gan_toy.py's, reached 59%
 # and 3 or 10 collapsed modes in shorter runs), 2 critic steps, Adam 5e-4 with beta1 0,
 # decayed linearly to 0 over 12000 steps (the share of high-quality samples grows most
-# while the rate falls), and an EMA over the second half. About 5 minutes of one CPU
+# while the rate falls), and an EMA over the second half. About 4.5 minutes of one CPU
 # core, compiled.
 TOY_PRESET: dict[str, Any] = {
     "arch": "mlp",
@@ -87,7 +87,8 @@ IMAGE_PRESET: dict[str, Any] = {
 # classifier of labelled data (~30 s), evaluations, pictures and checkpoints. Tried on
 # MNIST and dropped: both widths 32 (1.9/s, 1400 steps: blurred digits of 8 classes, 29%
 # recognised with confidence >= 0.9) and 1 critic step (8.2/s: collapsed to one digit by
-# step 1000). README "Quick preset" has the command, the time and the samples.
+# step 1000). This recipe is not at the bar either (at step 2000: 8 classes, 41%
+# confident); README "Quick preset" has the command, the times and the samples.
 _QUICK_RECIPE: dict[str, Any] = {
     "lr_g": 2e-4,
     "lr_d": 2e-4,
