@@ -28,6 +28,10 @@ def tiny(run_dir: Path, steps: int, *extra: str, backend: str = "torch") -> list
         "--ema-start", "2", "--replay-size", "64", "--log-every", "2", "--sample-every", "0",
         "--eval-every", "0", "--checkpoint-every", "3", "--eval-samples", "100",
         "--backend", backend, "--no-tensorboard", "--no-progress", "--run-dir", str(run_dir),
+        # Eager in every process: a subprocess would compile the toy MLP (--compile auto),
+        # and compiled steps are not bit-identical to eager ones (test_train_compile.py
+        # checks compiled -> compiled resume).
+        "--compile", "off",
         *extra,
     ]  # fmt: skip
 
