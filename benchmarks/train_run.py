@@ -12,7 +12,6 @@ quality shows in the same row.
 from __future__ import annotations
 
 import json
-import os
 import resource
 import subprocess
 import sys
@@ -41,7 +40,7 @@ def one_run(compile_mode: str, extra_args: list[str], run_dir: Path) -> dict[str
         "--run-dir", str(run_dir), "--no-progress", "--no-tensorboard", *extra_args,
     ]  # fmt: skip
     cpu0, began = _child_cpu_s(), time.perf_counter()
-    done = subprocess.run(command, capture_output=True, text=True, env=dict(os.environ))
+    done = subprocess.run(command, capture_output=True, text=True)
     wall, cpu = time.perf_counter() - began, _child_cpu_s() - cpu0
     if done.returncode != 0:
         raise RuntimeError(

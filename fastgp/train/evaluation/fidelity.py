@@ -89,7 +89,7 @@ def fid_kid(
     """``{"fid", "kid_mean", "kid_std"}`` of (N, C, H, W) images in [-1, 1], C in {1, 3},
     from torch-fidelity's Inception (``feature_extractor_weights_path`` = the weights found
     by ``find_inception_weights``). Raises FidelityUnavailable (module doc)."""
-    path = check_available(weights)
+    path = find_inception_weights(weights)
     fidelity = _import_fidelity()
     n = min(fake.shape[0], real.shape[0])
     if n < 2:
