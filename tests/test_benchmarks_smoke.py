@@ -216,3 +216,45 @@ def test_whole_run_rows_time_fresh_processes_and_keep_their_quality():
     assert row["cpu_s"] > 0 and "/25 modes, HQ" in row["quality"]
     assert set(row) <= set(report.FIELDS) and len(logged) == 1
     assert "fastgp train --steps 4" in report.markdown_tables(rows, [])
+
+
+def test_before_after_takes_medians_then_geometric_means(tmp_path):
+    """Two small cases of one group: fastgp 2x and 8x faster after (geomean 4), eager
+    unchanged; the after runs' cache rows replace their fastgp rows in the cache column."""
+    from benchmarks import before_after
+
+    def write(name, rows):
+        path = tmp_path / f"{name}.json"
+        path.write_text(json.dumps({"rows": rows}))
+        return path
+
+    def row(case, provider, ms):
+        return {"kind": "op", "case": case, "provider": provider, "median_ms": ms, "elements": 64}
+
+    cases = ("penalty-fwd-1x64", "penalty-fwd-2x32")
+    before = [
+        write(
+            f"b{i}", [row(c, p, ms) for c in cases for p, ms in (("eager", 4.0), ("fastgp", 8.0))]
+        )
+        for i in (1, 2)
+    ]
+    after_rows = [
+        row(cases[0], "fastgp", 4.0),
+        row(cases[1], "fastgp", 1.0),
+        row(cases[1], "fastgp_cache", 0.5),
+    ]
+    after = [
+        write("a1", after_rows + [row(c, "eager", 4.0) for c in cases]),
+        write("a2", after_rows + [row(c, "eager", 2.0) for c in cases]),
+    ]
+    (group,) = before_after.compare(before, after)
+    assert (group["op"], group["mode"], group["sizes"], group["cases"]) == (
+        "penalty",
+        "fwd",
+        "< 1M elements",
+        2,
+    )
+    assert math.isclose(group["fastgp"], 4.0)
+    assert math.isclose(group["fastgp, cache on"], math.sqrt(2.0 * 16.0))
+    assert math.isclose(group["eager"], 4.0 / 3.0)
+    assert "| penalty | fwd | < 1M elements | 2 | 4.00 |" in before_after.markdown([group])

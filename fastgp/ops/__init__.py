@@ -10,13 +10,21 @@ normalised and the backend is resolved (``fastgp.backends.resolve_backend``):
   interpreter), whose kernels check their own arguments, with the autograd formulas of
   ``fastgp.ops.autograd``.
 
-One exception, measured: on CPU, outside ``torch.compile`` and ``torch.func``, the penalty
-uses ``torch.ops.fastgp.penalty``, whose autograd node is C++ (``csrc/fastgp_ops.cpp``). A
-small-batch fwd+bwd through ``PenaltyFunction`` costs about 94–107 µs here against
-34–48 µs through the C++ node (1×2 gradients, 1 thread, ``torch.autograd.grad`` included;
-eager PyTorch's formula is about 100 µs), so the Python node would cancel the fusion for
-toy critics. The C++ node runs the same kernels and, under ``create_graph``, the same
-reference formula (``fastgp::penalty_grads``).
+One exception, measured: on CPU, outside ``torch.compile`` and ``torch.func``, the two ops
+run through ``torch.ops.fastgp.penalty`` and ``torch.ops.fastgp.interpolate_autograd``,
+whose autograd nodes are C++ (``csrc/fastgp_ops.cpp``), because a Python node costs more
+than the kernels at the sizes toy critics and MNIST use (1 thread, ``torch.autograd.grad``
+included; eager PyTorch's formula in brackets):
+
+* penalty fwd+bwd, 1x2 gradients: ``PenaltyFunction`` 94–107 µs, C++ node 34–48 µs (eager
+  about 100 µs);
+* interpolate fwd+bwd, 16x1x28x28 (``python -m benchmarks.run --threads 1 --steps none
+  --sizes 16x1x28x28 --ops interpolate --modes fwdbwd --providers eager,fastgp``): through
+  ``InterpolateFunction`` 0.59–0.66× eager, through the C++ node 1.14× eager in two runs
+  (0.073 and 0.153 ms against eager's 0.083 and 0.174 ms: the machine's load differed).
+
+The C++ nodes run the same kernels and, under ``create_graph``, the same reference formulas
+(``fastgp::penalty_grads``, ``fastgp::interpolate_grads``).
 """
 
 from __future__ import annotations
@@ -71,9 +79,11 @@ def interpolate(backend: str, real: Tensor, fake: Tensor, alpha: Tensor) -> Tens
     if backend == "torch" or alpha.requires_grad:
         validation.check_interpolate(real, fake, alpha, kernel=backend != "torch")
         return reference.interpolate(real, fake, alpha)
-    ops = op_namespace(backend, real.device)
     if torch.is_grad_enabled() and (real.requires_grad or fake.requires_grad):
-        return InterpolateFunction.apply(real, fake, alpha, ops)
+        if backend == "cpp" and not _transformed():
+            return torch.ops.fastgp.interpolate_autograd.default(real, fake, alpha)
+        return InterpolateFunction.apply(real, fake, alpha, op_namespace(backend, real.device))
+    ops = op_namespace(backend, real.device)
     return ops.interpolate.default(real, fake, alpha)
 
 

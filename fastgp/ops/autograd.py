@@ -14,8 +14,9 @@ The first-order backward runs one fused kernel. When a backward is itself record
 reference formula instead, so higher derivatives are exact, never silently wrong; the
 ordinary WGAN-GP step never takes that path.
 
-The CPU eager fast path of the penalty (``torch.ops.fastgp.penalty``, see
-``fastgp.ops.penalty``) is the same formula with its node in C++.
+The CPU eager fast paths (``torch.ops.fastgp.penalty`` and
+``torch.ops.fastgp.interpolate_autograd``, see ``fastgp.ops``) are the same formulas with
+their nodes in C++.
 """
 
 from __future__ import annotations

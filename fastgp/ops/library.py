@@ -16,10 +16,12 @@ registration, with the launchers as CPU kernels: a test of the Triton backend go
 the dispatcher, the fake kernels and the autograd of ``fastgp.ops.autograd`` exactly as a
 GPU user's call does.
 
-Two ops exist only in ``fastgp``, for the CPU fast path of ``fastgp.ops.penalty``:
-``penalty`` (``penalty_forward`` with its autograd node in C++) and ``penalty_grads`` (the
-differentiable reference formula that node calls under ``create_graph``, registered as a
-composite of ``reference.penalty_grads`` so the formula exists once).
+Four ops exist only in ``fastgp``, for the CPU fast paths of ``fastgp.ops``:
+``penalty`` and ``interpolate_autograd`` (``penalty_forward`` and ``interpolate`` with their
+autograd nodes in C++), and ``penalty_grads`` and ``interpolate_grads`` (the differentiable
+reference formulas those nodes call under ``create_graph``, registered as composites of
+``reference.penalty_grads`` and ``reference.interpolate_backward`` so each formula exists
+once).
 """
 
 from __future__ import annotations
@@ -49,6 +51,12 @@ SCHEMAS = {
     ),
 }
 CPU_FAST_PATH_SCHEMAS = {
+    "interpolate_autograd": SCHEMAS["interpolate"].replace(
+        "interpolate(", "interpolate_autograd(", 1
+    ),
+    "interpolate_grads": SCHEMAS["interpolate_backward"].replace(
+        "interpolate_backward(", "interpolate_grads(", 1
+    ),
     "penalty": SCHEMAS["penalty_forward"].replace("penalty_forward(", "penalty(", 1),
     "penalty_grads": (
         "penalty_grads(Tensor grad_penalty, Tensor[] grads, Tensor? grad_scale, float inv_scale,"
@@ -180,9 +188,11 @@ def _define_cpu_fast_path(lib: torch.library.Library) -> None:
     for schema in CPU_FAST_PATH_SCHEMAS.values():
         lib.define(schema)
     torch.library.register_fake(f"{NAMESPACE}::penalty", _penalty_forward_fake, lib=lib)
-    # A composite: autograd records the reference ops it runs, so the C++ node's
-    # create_graph backward is differentiated exactly, with the formula written once.
+    torch.library.register_fake(f"{NAMESPACE}::interpolate_autograd", _interpolate_fake, lib=lib)
+    # Composites: autograd records the reference ops they run, so the C++ nodes'
+    # create_graph backwards are differentiated exactly, with each formula written once.
     lib.impl("penalty_grads", reference.penalty_grads, "CompositeImplicitAutograd")
+    lib.impl("interpolate_grads", reference.interpolate_backward, "CompositeImplicitAutograd")
 
 
 def define_interpreter_namespace() -> None:
