@@ -222,3 +222,37 @@ def test_replay_errors():
         buffer.store(torch.zeros(2, 4))
     with pytest.raises(ValueError, match="capacity 4"):
         ReplayBuffer(5, 0.5).load_state_dict(buffer.state_dict())
+
+
+def test_recompute_norm_statistics_are_those_of_the_averaged_weights():
+    """After averaging, the copy's batch-norm statistics are the plain mean and (unbiased)
+    variance of its own pre-norm activations over the given batches; not the live model's,
+    the momentum is kept and the copy is left in eval mode."""
+    torch.manual_seed(0)
+    live = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), nn.ReLU())
+    ema = EMA(live, decay=0.5)
+    live.train()
+    with torch.no_grad():
+        live[0].weight.add_(1.0)  # the live weights move away from the copy's
+        live(torch.randn(32, 3))  # and the live statistics follow them
+    ema.update(live, step=1)
+    assert torch.equal(ema.model[1].running_mean, live[1].running_mean)  # copied
+    assert ema.has_norm_statistics
+    batches = [torch.randn(16, 3, generator=torch.Generator().manual_seed(s)) for s in (1, 2)]
+    ema.recompute_norm_statistics(batches)
+    with torch.no_grad():
+        pre = [ema.model[0](b) for b in batches]  # the averaged weights' activations
+    mean = torch.stack([p.mean(0) for p in pre]).mean(0)
+    var = torch.stack([p.var(0, unbiased=True) for p in pre]).mean(0)
+    torch.testing.assert_close(ema.model[1].running_mean, mean)
+    torch.testing.assert_close(ema.model[1].running_var, var)
+    assert not torch.allclose(ema.model[1].running_mean, live[1].running_mean)
+    assert ema.model[1].momentum == 0.1 and not ema.model.training
+
+
+def test_recompute_norm_statistics_without_batch_norm_is_a_no_op():
+    ema = EMA(_Tiny())
+    assert not ema.has_norm_statistics
+    before = {k: v.clone() for k, v in ema.model.state_dict().items()}
+    ema.recompute_norm_statistics([torch.randn(2, 1)])
+    assert all(torch.equal(v, before[k]) for k, v in ema.model.state_dict().items())

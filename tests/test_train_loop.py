@@ -140,6 +140,42 @@ def test_ema_tracks_the_generator(tmp_path):
     assert off.ema is None and off.sampling_model is off.generator
 
 
+def _batch_norm_stats(model: torch.nn.Module) -> list[torch.Tensor]:
+    return [
+        t.clone()
+        for m in model.modules()
+        if isinstance(m, torch.nn.BatchNorm2d | torch.nn.BatchNorm1d)
+        for t in (m.running_mean, m.running_var)
+    ]
+
+
+def test_ema_generator_gets_norm_statistics_of_its_own_weights(tmp_path):
+    """With a batch-norm generator the EMA copy that pictures, evaluations and checkpoints
+    use has statistics recomputed for its weights (not the live generator's), the same
+    ones every time at a step; drawing them moves no training stream."""
+    image = {"dataset": "shapes", "image_size": 28, "channels": 1, "z_dim": 16, "nf": 8}
+    a = make_trainer(tmp_path / "a", ema=0.5, ema_start=0, **image)
+    b = make_trainer(tmp_path / "b", ema=0.5, ema_start=0, **image)
+    assert a.cfg.generator_norm == "batch" and a.ema.has_norm_statistics
+    for _ in range(2):
+        a.train_step()
+        b.train_step()
+        a.sampling_model  # noqa: B018 - the property recomputes the statistics
+    live = _batch_norm_stats(a.generator)
+    own = _batch_norm_stats(a.sampling_model)
+    assert not any(torch.allclose(x, y) for x, y in zip(own, live, strict=True))
+    saved = a.state_dict()["ema"]["model"]
+    assert all(torch.equal(saved[k], v) for k, v in a.ema.model.state_dict().items())
+    # b never sampled: the same weights and live statistics, then the same EMA statistics.
+    assert all(
+        torch.equal(x, y) for x, y in zip(params(a.generator), params(b.generator), strict=True)
+    )
+    assert all(torch.equal(x, y) for x, y in zip(live, _batch_norm_stats(b.generator), strict=True))
+    assert all(
+        torch.equal(x, y) for x, y in zip(own, _batch_norm_stats(b.sampling_model), strict=True)
+    )
+
+
 def test_replay_buffer_feeds_the_critic(tmp_path):
     trainer = make_trainer(tmp_path, replay_size=64, replay_prob=1.0)
     trainer.train_step()

@@ -3,16 +3,23 @@
 Averaging the generator over the last ~1/(1 - decay) steps removes much of the
 step-to-step oscillation of GAN training (Yazici et al., ICLR 2019); the averaged copy is
 what ``fastgp sample`` and ``fastgp eval`` use.
+
+Batch norm: the live generator's running statistics belong to the live weights, not to the
+averaged ones, so before the copy is used its statistics are recomputed from its own
+activations (``recompute_norm_statistics``; BigGAN's "standing statistics").
 """
 
 from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Iterable
 from typing import Any
 
 import torch
-from torch import nn
+from torch import Tensor, nn
+
+_BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 
 
 def _unwrap(model: nn.Module) -> nn.Module:
@@ -73,6 +80,32 @@ class EMA:
                 raise ValueError(f"`model` has no buffer {name!r}, which the EMA copy has")
             ema_b.copy_(buffers[name])
 
+    @property
+    def has_norm_statistics(self) -> bool:
+        """True when the model has batch-norm running statistics to recompute."""
+        return bool(_running_batch_norms(self.model))
+
+    @torch.no_grad()
+    def recompute_norm_statistics(self, inputs: Iterable[Tensor]) -> None:
+        """Replace the copied batch-norm statistics with those of the averaged weights: the
+        plain mean and variance of each layer's activations over the batches ``inputs``
+        (each a model input, e.g. (B, z_dim) noise), computed in train mode. The model is
+        left in eval mode with its momenta unchanged; ``update`` copies the live model's
+        statistics again."""
+        norms = _running_batch_norms(self.model)
+        momenta = [m.momentum for m in norms]
+        for m in norms:
+            m.reset_running_stats()
+            m.momentum = None  # a cumulative average over the batches, not an EMA
+        self.model.train()
+        try:
+            for batch in inputs:
+                self.model(batch)
+        finally:
+            self.model.eval()
+            for m, momentum in zip(norms, momenta, strict=True):
+                m.momentum = momentum
+
     def state_dict(self) -> dict[str, Any]:
         """``{"model": averaged weights, "decay": float, "start_step": int}``."""
         return {
@@ -89,6 +122,10 @@ class EMA:
         self.decay = _check_decay(state["decay"])
         self.start_step = _check_start_step(state["start_step"])
         self.model.load_state_dict(state["model"])
+
+
+def _running_batch_norms(model: nn.Module) -> list[nn.Module]:
+    return [m for m in model.modules() if isinstance(m, _BATCH_NORMS) and m.track_running_stats]
 
 
 def _check_decay(decay: float) -> float:

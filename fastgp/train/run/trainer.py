@@ -46,6 +46,10 @@ CRITIC_SCALARS = ("loss_d", "wdist")  # logged for every critic update
 PENALTY_SCALARS = ("gp", "grad_norm_mean", "grad_norm_std")  # ... where a penalty ran
 TOY_PLOT_POINTS = 1000  # points per colour in the toy scatter
 GRID_IMAGES = 64  # images in a sample grid (8 x 8)
+# The EMA copy's batch-norm statistics come from this many noise samples (BigGAN's standing
+# statistics); 4 forward passes of 256, a fraction of a second for the image generators here.
+EMA_STATISTICS_SAMPLES = 1024
+EMA_STATISTICS_BATCH = 256
 
 
 def lr_factor(cfg: TrainConfig, step: int) -> float:
@@ -112,6 +116,7 @@ class Trainer:
         self.scaler_d = torch.amp.GradScaler(self.device.type, enabled=fp16)
         self.scaler_g = torch.amp.GradScaler(self.device.type, enabled=fp16)
         self.ema = EMA(self.generator, cfg.ema, cfg.ema_start) if cfg.ema > 0 else None
+        self._ema_statistics_step = -1  # the step the EMA copy's norm statistics are of
         self.replay = ReplayBuffer(cfg.replay_size, cfg.replay_prob) if cfg.replay_size else None
         self.streams = RandomStreams(cfg.seed, self.ctx.rank)
         self.sampler = StepSampler(
@@ -149,8 +154,26 @@ class Trainer:
 
     @property
     def sampling_model(self) -> nn.Module:
-        """The generator used for pictures and evaluation: the EMA copy when enabled."""
-        return self.ema.model if self.ema is not None else self.generator
+        """The generator used for pictures and evaluation: the EMA copy when enabled, with
+        batch-norm statistics of its own weights."""
+        if self.ema is None:
+            return self.generator
+        self._refresh_ema_statistics()
+        return self.ema.model
+
+    def _refresh_ema_statistics(self) -> None:
+        """Recompute the EMA copy's batch-norm statistics for this step (once per step; a
+        no-op without batch norm), from noise of its own generator so that no training
+        stream moves: checkpoints, pictures and evaluations all see the same copy."""
+        if not self.ema.has_norm_statistics or self._ema_statistics_step == self.step:
+            return
+        noise = torch.Generator().manual_seed(self.cfg.seed + 54_321 + self.step)
+        batches = (
+            torch.randn(EMA_STATISTICS_BATCH, self.cfg.z_dim, generator=noise).to(self.device)
+            for _ in range(EMA_STATISTICS_SAMPLES // EMA_STATISTICS_BATCH)
+        )
+        self.ema.recompute_norm_statistics(batches)
+        self._ema_statistics_step = self.step
 
     # ----------------------------------------------------------------------- state
 
@@ -170,7 +193,7 @@ class Trainer:
             "config": self.cfg.to_dict(),
             "generator": self.generator.state_dict(),
             "critic": self.critic.state_dict(),
-            "ema": self.ema.state_dict() if self.ema is not None else None,
+            "ema": self._ema_state(),
             "opt_g": self.opt_g.state_dict(),
             "opt_d": self.opt_d.state_dict(),
             "scaler_g": self.scaler_g.state_dict(),
@@ -178,6 +201,12 @@ class Trainer:
             "means": self.means.state_dict(),
             "ranks": per_rank,
         }
+
+    def _ema_state(self) -> dict[str, Any] | None:
+        if self.ema is None:
+            return None
+        self._refresh_ema_statistics()  # what `fastgp sample` / `fastgp eval` will use
+        return self.ema.state_dict()
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if state["world_size"] != self.ctx.world_size:
