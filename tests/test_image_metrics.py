@@ -178,6 +178,10 @@ def test_class_metrics_of_real_digits_and_of_a_collapsed_generator(tmp_path, few
     assert collapsed["class_coverage"] == 1 and collapsed["class_counts"][7] == 200
     assert collapsed["class_kl"] == pytest.approx(math.log(10), rel=0.05)
     assert collapsed["classifier_fd"] > good["classifier_fd"]
+    # The real images' own value does not depend on the samples.
+    assert good["real_confident_fraction"] == collapsed["real_confident_fraction"] > 0.8
+    blank = class_metrics(torch.full((200, 1, 28, 28), -1.0), real, data, trained)
+    assert blank["real_confident_fraction"] == good["real_confident_fraction"]
 
 
 def test_stacked_classification_reads_each_channel(tmp_path, few_steps):

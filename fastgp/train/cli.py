@@ -177,6 +177,7 @@ def _eval_line(evaluation: dict[str, Any]) -> str:
         "class_coverage",
         "class_kl",
         "confident_fraction",
+        "real_confident_fraction",
         "classifier_fd",
         "class_metrics",
     )

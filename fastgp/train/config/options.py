@@ -136,7 +136,8 @@ OPTIONS: dict[str, Option] = {
     "clip": _number("weight clipping bound of wgan-clip", *_POSITIVE),
     "drift": _number("ProGAN drift term epsilon * mean(D(real)^2) (0: off)", 0.0, math.inf, "[)"),
     "lazy_reg": _count(
-        "lazy regularisation (StyleGAN2): apply the penalty every k critic steps with weight*k"
+        "lazy regularisation (StyleGAN2): apply the penalty every k critic steps with weight*k "
+        "(auto: 4 with --preset quick on images, else 1)"
     ),
     # optimisation
     "optimizer": Option(

@@ -151,6 +151,8 @@ def resolve(cfg: TrainConfig, sample_shape: tuple[int, ...] | None = None) -> Tr
         values["nf_g"] = values["nf"]
     if values["g_layers"] is None:
         values["g_layers"] = 3
+    if values["lazy_reg"] is None:
+        values["lazy_reg"] = 1
     if values["ema_start"] is None:
         values["ema_start"] = values["steps"] // 2
     if values["threads"] is None and is_toy(cfg.dataset):

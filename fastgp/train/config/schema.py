@@ -50,7 +50,7 @@ class TrainConfig:
     n_critic: int | None = None
     clip: float = 0.01
     drift: float = 0.0
-    lazy_reg: int = 1
+    lazy_reg: int | None = None
     # optimisation
     optimizer: str | None = None
     lr_g: float | None = None

@@ -9,7 +9,8 @@ For a labelled dataset (``Dataset.labelled``; classifier from ``classifier.py``)
   predictions on the samples, p_data the histogram of the training labels. Inf when the
   samples land in a class the data never has; 0 when the histograms agree.
 * ``class_confidence``: mean max softmax probability of the samples; ``confident_fraction``:
-  samples recognised with probability >= ``CONFIDENT`` (0.9).
+  samples recognised with probability >= ``CONFIDENT`` (0.9); ``real_confident_fraction``:
+  the same for the held-out real images, the bar the samples' value reads against.
 * ``classifier_fd``: Fréchet distance between the classifier's penultimate features of the
   samples and of as many held-out real images.
 * Stacked MNIST (``Dataset.stacked``; the PacGAN/VEEGAN protocol, scored on
@@ -128,7 +129,7 @@ def class_metrics(fake: Tensor, real: Tensor, dataset, classifier: TrainedClassi
     labelled = dataset.labelled
     model = classifier.model
     fake_labels, confidence, fake_features = classify(model, fake, dataset.stacked)
-    _, _, real_features = classify(model, real, dataset.stacked)
+    _, real_confidence, real_features = classify(model, real, dataset.stacked)
     result: dict[str, Any] = {}
     if dataset.stacked:
         result.update(stacked_mode_metrics(fake_labels, labelled.num_classes ** fake.shape[1]))
@@ -146,6 +147,7 @@ def class_metrics(fake: Tensor, real: Tensor, dataset, classifier: TrainedClassi
         {
             "class_confidence": float(confidence.mean()),
             "confident_fraction": float((confidence >= CONFIDENT).double().mean()),
+            "real_confident_fraction": float((real_confidence >= CONFIDENT).double().mean()),
             "classifier_fd": frechet_distance_of_features(fake_features, real_features),
             "classifier_accuracy": classifier.heldout_accuracy,
         }
