@@ -584,19 +584,20 @@ std::tuple<at::Tensor, at::Tensor> penalty_autograd(
 // fastgp.ops.interpolate; the same formula as InterpolateFunction in fastgp/ops/autograd.py.
 // Through the Python node a 16x1x28x28 fwd+bwd was 0.59-0.66x eager, through this node 1.14x
 // (1 thread, autograd.grad included; the commands are in fastgp/ops/__init__.py). Under
-// create_graph the backward is fastgp::interpolate_grads,
-// the differentiable reference formula registered from Python.
+// create_graph the backward is fastgp::interpolate_grads, the differentiable reference
+// formula registered from Python.
 
 at::Tensor dispatch_interpolate(
     const at::Tensor& real, const at::Tensor& fake, const at::Tensor& alpha) {
-  static const auto op = c10::Dispatcher::singleton()
-                             .findSchemaOrThrow("fastgp::interpolate", "")
-                             .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&)>();
+  static const auto op =
+      c10::Dispatcher::singleton()
+          .findSchemaOrThrow("fastgp::interpolate", "")
+          .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&)>();
   return op.call(real, fake, alpha);
 }
 
-using InterpolateBackwardOp =
-    c10::TypedOperatorHandle<std::vector<at::Tensor>(const at::Tensor&, const at::Tensor&, bool, bool)>;
+using InterpolateBackwardOp = c10::TypedOperatorHandle<std::vector<at::Tensor>(
+    const at::Tensor&, const at::Tensor&, bool, bool)>;
 
 InterpolateBackwardOp find_interpolate_backward(const char* name) {
   return c10::Dispatcher::singleton()
@@ -608,8 +609,10 @@ InterpolateBackwardOp find_interpolate_backward(const char* name) {
 std::vector<at::Tensor> dispatch_interpolate_backward(
     bool differentiable, const at::Tensor& grad_out, const at::Tensor& alpha, bool need_real,
     bool need_fake) {
-  static const InterpolateBackwardOp fused = find_interpolate_backward("fastgp::interpolate_backward");
-  static const InterpolateBackwardOp formula = find_interpolate_backward("fastgp::interpolate_grads");
+  static const InterpolateBackwardOp fused =
+      find_interpolate_backward("fastgp::interpolate_backward");
+  static const InterpolateBackwardOp formula =
+      find_interpolate_backward("fastgp::interpolate_grads");
   return (differentiable ? formula : fused).call(grad_out, alpha, need_real, need_fake);
 }
 

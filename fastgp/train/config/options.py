@@ -137,7 +137,7 @@ OPTIONS: dict[str, Option] = {
     "drift": _number("ProGAN drift term epsilon * mean(D(real)^2) (0: off)", 0.0, math.inf, "[)"),
     "lazy_reg": _count(
         "lazy regularisation (StyleGAN2): apply the penalty every k critic steps with weight*k "
-        "(auto: 4 with --preset quick on images, else 1)"
+        "(auto: 4 with --preset quick for dcgan28, else 1)"
     ),
     # optimisation
     "optimizer": Option(

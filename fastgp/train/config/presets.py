@@ -92,8 +92,8 @@ IMAGE_PRESET: dict[str, Any] = {
 # 1000), a generator without batch norm (the critic ran away: Wasserstein estimate 25).
 # dcgan32 2.1/s (1400 steps: ~11 min) and dcgan64 at width 16 for both nets 1.07/s (750:
 # ~11.5 min) were timed, their quality not measured; the image MLP 5.3/s on one thread
-# (1500: ~5 min). The rest of 15 minutes is the start, the digit
-# classifier of labelled data (~30 s), evaluations, pictures and checkpoints.
+# (1500: ~5 min). The rest of 15 minutes is the start, the digit classifier of labelled
+# data (~30 s), evaluations, pictures and checkpoints.
 _QUICK_RECIPE: dict[str, Any] = {
     "lr_g": 2e-4,
     "lr_d": 2e-4,

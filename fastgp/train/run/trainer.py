@@ -168,10 +168,9 @@ class Trainer:
         if not self.ema.has_norm_statistics or self._ema_statistics_step == self.step:
             return
         noise = torch.Generator().manual_seed(self.cfg.seed + 54_321 + self.step)
+        shape = (EMA_STATISTICS_BATCH, self.cfg.z_dim)
         batches = (
-            torch.randn(EMA_STATISTICS_BATCH, self.cfg.z_dim, generator=noise, device="cpu").to(
-                self.device
-            )
+            torch.randn(shape, generator=noise, device="cpu").to(self.device)
             for _ in range(EMA_STATISTICS_SAMPLES // EMA_STATISTICS_BATCH)
         )
         self.ema.recompute_norm_statistics(batches)
