@@ -16,12 +16,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import statistics
 from collections import defaultdict
 from pathlib import Path
 
-MILLION = 1_000_000
+from benchmarks.report import MILLION  # the targets' "1M elements"
 
 
 def op_medians(path: Path) -> dict[str, dict[str, float]]:
@@ -35,8 +34,9 @@ def op_medians(path: Path) -> dict[str, dict[str, float]]:
     return table
 
 
-def _median_over(runs: list[dict], case: str, provider: str, fallback: str) -> float:
-    return statistics.median(r[case].get(provider, r[case][fallback]) for r in runs)
+def _median_over(runs: list[dict], case: str, provider: str, fallback: str | None = None) -> float:
+    """The median over ``runs`` of ``provider``'s time (``fallback``'s where it has none)."""
+    return statistics.median(r[case].get(provider, r[case][fallback or provider]) for r in runs)
 
 
 def _group(case: str, elements: float) -> tuple[str, str, str]:
@@ -54,15 +54,12 @@ def compare(before: list[Path], after: list[Path]) -> list[dict[str, object]]:
     )
     for case in cases:
         key = _group(case, runs_before[0][case]["_elements"])
-        old = _median_over(runs_before, case, "fastgp", "fastgp")
-        ratios[key]["fastgp"].append(old / _median_over(runs_after, case, "fastgp", "fastgp"))
+        old = _median_over(runs_before, case, "fastgp")
+        ratios[key]["fastgp"].append(old / _median_over(runs_after, case, "fastgp"))
         cached = _median_over(runs_after, case, "fastgp_cache", "fastgp")
         ratios[key]["fastgp, cache on"].append(old / cached)
-        eager = _median_over(runs_before, case, "eager", "eager")
-        ratios[key]["eager"].append(eager / _median_over(runs_after, case, "eager", "eager"))
-
-    def geomean(xs: list[float]) -> float:
-        return math.exp(sum(map(math.log, xs)) / len(xs))
+        eager = _median_over(runs_before, case, "eager")
+        ratios[key]["eager"].append(eager / _median_over(runs_after, case, "eager"))
 
     return [
         {
@@ -70,7 +67,7 @@ def compare(before: list[Path], after: list[Path]) -> list[dict[str, object]]:
             "mode": k[1],
             "sizes": k[2],
             "cases": len(v["fastgp"]),
-            **{name: geomean(xs) for name, xs in v.items()},
+            **{name: statistics.geometric_mean(xs) for name, xs in v.items()},
         }
         for k, v in sorted(ratios.items())
     ]
