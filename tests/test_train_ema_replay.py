@@ -237,7 +237,7 @@ def test_recompute_norm_statistics_are_those_of_the_averaged_weights():
         live(torch.randn(32, 3))  # and the live statistics follow them
     ema.update(live, step=1)
     assert torch.equal(ema.model[1].running_mean, live[1].running_mean)  # copied
-    assert ema.has_norm_statistics
+    assert ema.has_norm_statistics and ema.norm_statistics_stale
     batches = [torch.randn(16, 3, generator=torch.Generator().manual_seed(s)) for s in (1, 2)]
     ema.recompute_norm_statistics(batches)
     with torch.no_grad():
@@ -248,11 +248,14 @@ def test_recompute_norm_statistics_are_those_of_the_averaged_weights():
     torch.testing.assert_close(ema.model[1].running_var, var)
     assert not torch.allclose(ema.model[1].running_mean, live[1].running_mean)
     assert ema.model[1].momentum == 0.1 and not ema.model.training
+    assert not ema.norm_statistics_stale
+    ema.update(live, step=2)  # copies the live statistics again
+    assert ema.norm_statistics_stale
 
 
 def test_recompute_norm_statistics_without_batch_norm_is_a_no_op():
     ema = EMA(_Tiny())
-    assert not ema.has_norm_statistics
+    assert not ema.has_norm_statistics and not ema.norm_statistics_stale
     before = {k: v.clone() for k, v in ema.model.state_dict().items()}
     ema.recompute_norm_statistics([torch.randn(2, 1)])
     assert all(torch.equal(v, before[k]) for k, v in ema.model.state_dict().items())

@@ -50,6 +50,9 @@ class EMA:
         self.model = copy.deepcopy(_unwrap(model))
         self.model.eval()
         self.model.requires_grad_(False)
+        self._batch_norms = _running_batch_norms(self.model)
+        # False while the batch-norm statistics are the live model's copied ones.
+        self._own_statistics = False
 
     @torch.no_grad()
     def update(self, model: nn.Module, step: int) -> None:
@@ -79,11 +82,18 @@ class EMA:
             if name not in buffers:
                 raise ValueError(f"`model` has no buffer {name!r}, which the EMA copy has")
             ema_b.copy_(buffers[name])
+        self._own_statistics = False
 
     @property
     def has_norm_statistics(self) -> bool:
         """True when the model has batch-norm running statistics to recompute."""
-        return bool(_running_batch_norms(self.model))
+        return bool(self._batch_norms)
+
+    @property
+    def norm_statistics_stale(self) -> bool:
+        """True when the batch-norm statistics are the live model's, copied by ``update``
+        (or loaded) since the last ``recompute_norm_statistics``."""
+        return self.has_norm_statistics and not self._own_statistics
 
     @torch.no_grad()
     def recompute_norm_statistics(self, inputs: Iterable[Tensor]) -> None:
@@ -92,7 +102,7 @@ class EMA:
         (each a model input, e.g. (B, z_dim) noise), computed in train mode. The model is
         left in eval mode with its momenta unchanged; ``update`` copies the live model's
         statistics again."""
-        norms = _running_batch_norms(self.model)
+        norms = self._batch_norms
         momenta = [m.momentum for m in norms]
         for m in norms:
             m.reset_running_stats()
@@ -105,6 +115,7 @@ class EMA:
             self.model.eval()
             for m, momentum in zip(norms, momenta, strict=True):
                 m.momentum = momentum
+        self._own_statistics = True
 
     def state_dict(self) -> dict[str, Any]:
         """``{"model": averaged weights, "decay": float, "start_step": int}``."""
@@ -122,6 +133,7 @@ class EMA:
         self.decay = _check_decay(state["decay"])
         self.start_step = _check_start_step(state["start_step"])
         self.model.load_state_dict(state["model"])
+        self._own_statistics = False  # whatever statistics were saved: recomputed on use
 
 
 def _running_batch_norms(model: nn.Module) -> list[nn.Module]:

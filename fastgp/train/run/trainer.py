@@ -116,7 +116,6 @@ class Trainer:
         self.scaler_d = torch.amp.GradScaler(self.device.type, enabled=fp16)
         self.scaler_g = torch.amp.GradScaler(self.device.type, enabled=fp16)
         self.ema = EMA(self.generator, cfg.ema, cfg.ema_start) if cfg.ema > 0 else None
-        self._ema_statistics_step = -1  # the step the EMA copy's norm statistics are of
         self.replay = ReplayBuffer(cfg.replay_size, cfg.replay_prob) if cfg.replay_size else None
         self.streams = RandomStreams(cfg.seed, self.ctx.rank)
         self.sampler = StepSampler(
@@ -162,10 +161,11 @@ class Trainer:
         return self.ema.model
 
     def _refresh_ema_statistics(self) -> None:
-        """Recompute the EMA copy's batch-norm statistics for this step (once per step; a
-        no-op without batch norm), from noise of its own generator so that no training
-        stream moves: checkpoints, pictures and evaluations all see the same copy."""
-        if not self.ema.has_norm_statistics or self._ema_statistics_step == self.step:
+        """Recompute the EMA copy's batch-norm statistics when ``update`` has copied the
+        live ones (at most once per step; a no-op without batch norm), from noise of its own
+        generator so that no training stream moves: checkpoints, pictures and evaluations
+        all see the same copy."""
+        if not self.ema.norm_statistics_stale:
             return
         noise = torch.Generator().manual_seed(self.cfg.seed + 54_321 + self.step)
         shape = (EMA_STATISTICS_BATCH, self.cfg.z_dim)
@@ -174,7 +174,6 @@ class Trainer:
             for _ in range(EMA_STATISTICS_SAMPLES // EMA_STATISTICS_BATCH)
         )
         self.ema.recompute_norm_statistics(batches)
-        self._ema_statistics_step = self.step
 
     # ----------------------------------------------------------------------- state
 
