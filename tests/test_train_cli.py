@@ -131,15 +131,49 @@ def test_quick_preset_takes_the_architectures_recipe_and_flags_win(shape, arch):
     )
     assert cfg.arch == arch and cfg.preset == "quick"
     assert all(getattr(cfg, key) == value for key, value in quick.items())
+    assert cfg.steps == config.QUICK_STEPS[arch][cfg.n_critic]
     # What the quick recipe leaves open comes from the image preset, given flags win.
-    assert cfg.weight == config.IMAGE_PRESET["weight"] and cfg.ema_start == cfg.steps // 2
+    assert cfg.ema_start == cfg.steps // 2
+    if "weight" not in quick:
+        assert cfg.weight == config.IMAGE_PRESET["weight"]
     flags = config.resolve(
         config.merge({"dataset": "shapes", "preset": "quick", "steps": 7, "nf": 8, "run_dir": "x"}),
         shape,
     )
     assert (flags.steps, flags.nf) == (7, 8)
     default = config.resolve(config.merge({"dataset": "shapes", "run_dir": "x"}), shape)
-    assert default.steps == config.IMAGE_PRESET["steps"] != quick["steps"]
+    assert default.steps == config.IMAGE_PRESET["steps"] != cfg.steps
+    assert default.objective == "wgan-gp"
+
+
+def _quick_dcgan28(**flags):
+    return config.resolve(
+        config.merge({"dataset": "shapes", "preset": "quick", "run_dir": "x", **flags}),
+        (1, 28, 28),
+    )
+
+
+def test_quick_dcgan28_recipe_is_hinge_with_r1_and_its_wasserstein_recipe_stays_measured():
+    cfg = _quick_dcgan28()
+    assert (cfg.objective, cfg.penalty, cfg.weight, cfg.n_critic) == ("hinge", "r1", 3.0, 1)
+    assert (cfg.steps, cfg.lazy_reg, cfg.batch_size) == (15000, 4, 32)
+    # Another objective takes its own penalty, weight, critic steps and their step count.
+    wgan = _quick_dcgan28(objective="wgan-gp")
+    assert (wgan.penalty, wgan.weight, wgan.n_critic, wgan.steps) == ("gp", 10.0, 5, 5000)
+    assert (wgan.lazy_reg, wgan.batch_size, wgan.nf) == (4, 32, 16)
+    lsgan = _quick_dcgan28(objective="lsgan")
+    assert (lsgan.penalty, lsgan.weight, lsgan.n_critic, lsgan.steps) == ("none", 10.0, 1, 15000)
+    # Another penalty with the recipe's objective takes that penalty's usual weight.
+    assert _quick_dcgan28(penalty="gp").weight == config.IMAGE_PRESET["weight"]
+    assert _quick_dcgan28(penalty="r1", weight=0.5).weight == 0.5
+
+
+@pytest.mark.parametrize(
+    ("n_critic", "steps"), [(1, 15000), (2, 5000), (5, 5000), (10, 2500), (7, 5000 * 5 // 7)]
+)
+def test_quick_steps_take_the_nearest_measured_critic_count_at_or_above(n_critic, steps):
+    assert config.quick_steps("dcgan28", n_critic) == steps
+    assert _quick_dcgan28(n_critic=n_critic).steps == steps
 
 
 def test_quick_preset_keeps_the_toy_recipe():

@@ -21,7 +21,14 @@ from fastgp.train.config.files import (
     save,
 )
 from fastgp.train.config.options import OPTIONS, RESUMABLE_FIELDS, Option, build_parser
-from fastgp.train.config.presets import IMAGE_PRESET, QUICK_IMAGE_PRESET, TOY_PRESET, resolve
+from fastgp.train.config.presets import (
+    IMAGE_PRESET,
+    QUICK_IMAGE_PRESET,
+    QUICK_STEPS,
+    TOY_PRESET,
+    quick_steps,
+    resolve,
+)
 from fastgp.train.config.schema import FIELD_NAMES, ConfigError, TrainConfig, flag
 from fastgp.train.data import is_toy
 
@@ -31,6 +38,7 @@ __all__ = [
     "IMAGE_PRESET",
     "OPTIONS",
     "QUICK_IMAGE_PRESET",
+    "QUICK_STEPS",
     "RESUMABLE_FIELDS",
     "TOY_PRESET",
     "ConfigError",
@@ -43,6 +51,7 @@ __all__ = [
     "load",
     "merge",
     "parse_args",
+    "quick_steps",
     "read_config_file",
     "resolve",
     "resume_conflicts",

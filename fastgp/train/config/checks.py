@@ -56,7 +56,7 @@ def check(cfg: TrainConfig) -> None:
             f"--g-layers applies to --arch mlp (the convnets have a fixed depth); got "
             f"--g-layers {cfg.g_layers} with --arch {cfg.arch}"
         )
-    if cfg.penalty is not None:
+    if cfg.penalty is not None and cfg.objective is not None:
         check_combination(cfg.objective, cfg.penalty, warn=False)
     if cfg.batch_size is not None:
         check_packing(cfg.batch_size, cfg.pac)

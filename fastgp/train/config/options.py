@@ -96,7 +96,7 @@ OPTIONS: dict[str, Option] = {
     "z_dim": _count("noise dimension (auto: 2 toy, 128 images)"),
     "nf": _count("width: MLP hidden size or base conv channels (auto: 128 toy, 64 images)"),
     "nf_g": _count(
-        "generator width, if it should differ from the critic's (auto: 512 toy, nf images): "
+        "generator width, if it should differ from the critic's (auto: 256 toy, nf images): "
         "the generator is cheap next to the critic's double backward, and a wide toy "
         "generator learns the sharp jumps between modes sooner"
     ),
@@ -119,15 +119,21 @@ OPTIONS: dict[str, Option] = {
         "--batch-size (each process's share) must be a multiple of it; 1: no packing"
     ),
     # objective
-    "objective": Option(str, "GAN objective", choices=OBJECTIVES),
+    "objective": Option(
+        str,
+        "GAN objective (auto: wgan-gp; hinge with --penalty r1 for --preset quick on dcgan28, "
+        "the recipe measured best there)",
+        choices=OBJECTIVES,
+    ),
     "penalty": Option(
         str,
-        "critic regulariser, computed by fastgp (auto: gp for wgan-gp, lp for wgan-lp, none "
-        "otherwise)",
+        "critic regulariser, computed by fastgp (auto: gp for wgan-gp, lp for wgan-lp, r1 for "
+        "--preset quick on dcgan28, none otherwise)",
         choices=PENALTIES,
     ),
     "weight": _number(
-        "penalty weight: lambda (gp/lp/dragan) or gamma (r1/r2) (auto: 0.1 toy, 10 images)",
+        "penalty weight: lambda (gp/lp/dragan) or gamma (r1/r2) (auto: 1 toy, 10 images, 3 "
+        "for the r1 of --preset quick on dcgan28)",
         0.0,
         math.inf,
         "[)",

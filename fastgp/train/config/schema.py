@@ -44,7 +44,7 @@ class TrainConfig:
     generator_norm: str | None = None
     pac: int = 1
     # objective
-    objective: str = "wgan-gp"
+    objective: str | None = None
     penalty: str | None = None
     weight: float | None = None
     n_critic: int | None = None
