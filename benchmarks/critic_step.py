@@ -1,13 +1,16 @@
-"""Whole WGAN-GP critic steps: W loss + gradient penalty, backward, Adam step.
+"""Whole WGAN-GP critic steps: W loss + gradient penalty, backward, Adam step (``fastgp
+train``'s Adam: fused eagerly, its update traced into the graph when compiled).
 
 Versions of the same step, on identical copies of one critic and the same inputs:
 
 - ``eager``: the penalty every public WGAN-GP implementation writes (README "Why"):
-  interpolate, ``autograd.grad(create_graph=True)``, ``norm(2, dim=1)``, ``((n - 1)**2).mean()``.
+  interpolate, ``autograd.grad(create_graph=True)``, ``norm(2, dim=1)``, ``((n - 1)**2).mean()``;
+  ``loss.backward()``, then the optimiser's ``step()``.
 - ``fastgp``: ``fastgp.gradient_penalty(critic, real, fake, alpha=alpha)``, eager.
-- ``compile``: the ``eager`` step with its loss and backward (everything but the optimiser's
-  ``zero_grad``/``step``, which PyTorch's optimisers keep out of graphs) compiled whole by
-  ``fastgp.compile_step``: the critic, its double backward and the penalty in one graph.
+- ``compile``: the ``eager`` step compiled whole by ``fastgp.compile_step``: the critic, its
+  double backward, the penalty and Adam's update (``fastgp.train.gan.optimizers
+  .adam_update_``, as ``fastgp train --compile`` runs it: ``Optimizer.step`` breaks graphs on
+  purpose) in one graph.
 - ``fastgp_compile``: the ``fastgp`` step compiled the same way (``backend="auto"``, which
   inside torch.compile picks ``fastgp.backends.AUTO_WHEN_COMPILED``'s choice).
 - ``fastgp_compile_kernels``: the same with fastgp's kernels forced (the backend the suite
@@ -28,6 +31,7 @@ from torch import Tensor, nn
 
 import fastgp
 from benchmarks.providers import LAMBDA_GP, eager_interpolate, eager_penalty
+from fastgp.train.gan.optimizers import AdamTensors, InGraphAdam, adam_update_, build_optimizer
 from fastgp.train.models import build_models
 
 STEP_PROVIDERS = ("eager", "fastgp", "compile", "fastgp_compile", "fastgp_compile_kernels")
@@ -148,27 +152,41 @@ def step_callable(
     """``fn(i)``: one critic step of ``provider`` on a private copy of ``critic``.
 
     The copy and its Adam state (lr 1e-4, betas (0, 0.9), as in the WGAN-GP paper) belong to
-    this callable, so every provider starts from the same weights.
+    this callable, so every provider starts from the same weights. Every provider steps
+    ``fastgp train``'s Adam (``optimizers.build_optimizer``: PyTorch's, fused), eagerly with
+    ``step()`` or, compiled, with its update in the graph, as the trainer does.
     """
     net = copy.deepcopy(critic)
-    opt = torch.optim.Adam(net.parameters(), lr=1e-4, betas=(0.0, 0.9))
+    opt = build_optimizer("adam", net.parameters(), 1e-4, (0.0, 0.9))
     gp = penalty_fn(provider, backend)
     n = len(inputs)
 
-    def loss_and_backward(real: Tensor, fake: Tensor, alpha: Tensor) -> Tensor:
-        loss = net(fake).mean() - net(real).mean() + gp(net, real, fake, alpha)
-        loss.backward()
+    def loss_of(real: Tensor, fake: Tensor, alpha: Tensor) -> Tensor:
+        return net(fake).mean() - net(real).mean() + gp(net, real, fake, alpha)
+
+    if provider not in COMPILE_MODES:
+
+        def run(i: int) -> object:
+            opt.zero_grad(set_to_none=True)
+            loss = loss_of(*inputs[i % n])
+            loss.backward()
+            opt.step()
+            return loss.detach()
+
+        return run
+
+    params, adam = list(net.parameters()), InGraphAdam(opt)
+
+    def whole_step(real: Tensor, fake: Tensor, alpha: Tensor, tensors: AdamTensors) -> Tensor:
+        loss = loss_of(real, fake, alpha)
+        adam_update_(params, torch.autograd.grad(loss, params), tensors)
         return loss.detach()
 
-    if provider in COMPILE_MODES:
-        # All compiled providers share this function's code object, hence dynamo's cache
-        # for it: callers reset dynamo between cases (``new_case``).
-        loss_and_backward = fastgp.compile_step(loss_and_backward, mode=COMPILE_MODES[provider])
+    # All compiled providers share this function's code object, hence dynamo's cache for
+    # it: callers reset dynamo between cases (``new_case``).
+    compiled = fastgp.compile_step(whole_step, mode=COMPILE_MODES[provider])
 
-    def run(i: int) -> object:
-        opt.zero_grad(set_to_none=True)
-        loss = loss_and_backward(*inputs[i % n])
-        opt.step()
-        return loss
+    def run_compiled(i: int) -> object:
+        return compiled(*inputs[i % n], adam.tensors())
 
-    return run
+    return run_compiled

@@ -216,6 +216,8 @@ TARGETS = (
            archs=("mlp",)),
     Target("whole `fastgp train` run: >= 1.4x faster wall time with --compile auto", "train",
            "fastgp_train", "run", "speedup_vs_eager", 1.4, provider="compile"),
+    Target("the same, a first run (empty Inductor cache)", "train", "fastgp_train", "run",
+           "speedup_vs_eager", 1.4, provider="compile_cold"),
     Target("compiled critic step, conv critics: no slower than eager", "step", "critic_step",
            "step", "speedup_vs_eager", 1.0, provider="fastgp_compile",
            archs=("dcgan28", "dcgan64")),

@@ -121,8 +121,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--train-repeats",
         type=int,
         default=None,
-        help="whole `fastgp train` runs per --compile setting (off, auto), alternating "
-        "(default: 1; --quick: 0, none)",
+        help="whole `fastgp train` runs per setting (--compile off; auto with Inductor's "
+        "cache warm; auto with an empty cache), alternating (default: 1; --quick: 0, none)",
     )
     p.add_argument(
         "--train-args",

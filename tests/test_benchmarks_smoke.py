@@ -218,6 +218,35 @@ def test_whole_run_rows_time_fresh_processes_and_keep_their_quality():
     assert "fastgp train --steps 4" in report.markdown_tables(rows, [])
 
 
+def test_whole_run_cold_provider_gets_an_empty_cache_per_run_after_priming(monkeypatch):
+    """``compile`` is measured with the default cache primed by a short run first;
+    ``compile_cold`` gets a fresh Inductor cache directory of its own for every run."""
+    from benchmarks import train_run
+
+    calls = []
+
+    def fake_run(compile_mode, extra_args, run_dir, cache_dir=None):
+        if cache_dir is not None:
+            assert not cache_dir.exists()  # empty: nothing compiled is found there
+        calls.append((compile_mode, extra_args, run_dir.name, cache_dir))
+        evaluation = {"modes_covered": 25, "num_modes": 25, "hq_fraction": 0.9, "reverse_kl": 0.0}
+        return {"wall_s": 2.0, "cpu_s": 1.0, "compile_s": 0.0, "evaluation": evaluation}
+
+    monkeypatch.setattr(train_run, "one_run", fake_run)
+    rows = train_run.train_rows(["--steps", "5"], repeats=2, case="x", log=lambda _: None)
+    priming, *measured = calls
+    assert priming[0] == "auto" and priming[2] == "priming" and priming[3] is None
+    assert priming[1][-4:] == ["--steps", str(train_run.PRIMING_STEPS), "--eval-samples", "50"]
+    assert [c[2] for c in measured] == [
+        "eager0", "compile0", "compile_cold0", "eager1", "compile1", "compile_cold1"
+    ]  # fmt: skip
+    cold = [c[3] for c in measured if c[2].startswith("compile_cold")]
+    assert all(c is not None for c in cold) and len(set(cold)) == 2
+    assert all(c[3] is None for c in measured if not c[2].startswith("compile_cold"))
+    assert [r["provider"] for r in rows] == ["eager", "compile", "compile_cold"]
+    assert "empty Inductor cache" in rows[2]["backend"]
+
+
 def test_before_after_takes_medians_then_geometric_means(tmp_path):
     """Two small cases of one group: fastgp 2x and 8x faster after (geomean 4), eager
     unchanged; the after runs' cache rows replace their fastgp rows in the cache column."""

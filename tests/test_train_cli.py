@@ -41,6 +41,31 @@ def tiny_images(run_dir: Path, *extra: str) -> list[str]:
     ]  # fmt: skip
 
 
+def test_training_flushes_denormals_and_leaves_the_setting_as_it_was(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from fastgp.train.cli import denormals_flushed
+    from fastgp.train.run import loop
+
+    seen = []
+    run_training = loop.run_training
+
+    def spy(trainer, **kwargs):
+        seen.append(denormals_flushed())
+        return run_training(trainer, **kwargs)
+
+    monkeypatch.setattr(loop, "run_training", spy)
+    torch.set_flush_denormal(False)
+    assert main_train(tiny_toy(tmp_path / "run", "--compile", "off")) == 0
+    assert seen == [True] and not denormals_flushed()
+    torch.set_flush_denormal(True)
+    try:
+        assert main_train(tiny_toy(tmp_path / "again", "--compile", "off")) == 0
+        assert denormals_flushed()
+    finally:
+        torch.set_flush_denormal(False)
+
+
 def test_help_lists_every_option(capsys):
     with pytest.raises(SystemExit) as exit_info:
         main_train(["--help"])

@@ -15,6 +15,7 @@ from test_train_resume import assert_same_state, final_state, tiny, training_lin
 
 from fastgp.train import config
 from fastgp.train.cli import main_train
+from fastgp.train.gan.optimizers import build_optimizer
 from fastgp.train.run import compiled
 from fastgp.train.run.run_log import read_metrics
 
@@ -67,6 +68,25 @@ def test_the_cli_refuses_a_compile_it_cannot_do(
     assert "--compile default: compiling a step" in capsys.readouterr().err
 
 
+def test_adam_steps_inside_the_graphs_where_nothing_runs_in_between() -> None:
+    def adams(kind: str = "adam") -> tuple[torch.optim.Optimizer, ...]:
+        return tuple(
+            build_optimizer(kind, torch.nn.Linear(2, 2).parameters(), 1e-3, (0.0, 0.9))
+            for _ in range(2)
+        )
+
+    chosen, why = compiled.in_graph_optimizers("default", adams(), world_size=1, fp16=False)
+    assert chosen is not None and len(chosen) == 2 and why == "Adam's update inside the graphs"
+    assert compiled.in_graph_optimizers("off", adams(), world_size=1, fp16=False) == (None, "")
+    chosen, why = compiled.in_graph_optimizers("default", adams(), world_size=2, fp16=False)
+    assert chosen is None and "all-reduced first" in why
+    chosen, why = compiled.in_graph_optimizers("default", adams(), world_size=1, fp16=True)
+    assert chosen is None and "GradScaler" in why
+    rmsprop = adams("rmsprop")
+    chosen, why = compiled.in_graph_optimizers("default", rmsprop, world_size=1, fp16=False)
+    assert chosen is None and "RMSprop is stepped eagerly" in why
+
+
 # ---------------------------------------------------------------- compiled runs
 
 
@@ -75,7 +95,8 @@ def test_a_compiled_run_trains_like_the_eager_one(tmp_path: Path, capsys) -> Non
     header says what was compiled; metrics.jsonl has the compile time apart."""
     assert main_train(tiny(tmp_path / "eager", 4, "--compile", "off")) == 0
     assert main_train(tiny(tmp_path / "compiled", 4, "--compile", "default")) == 0
-    assert "compile: default (--compile default)" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "compile: default (--compile default; Adam's update inside the graphs)" in out
     eager, comp = training_lines(tmp_path / "eager"), training_lines(tmp_path / "compiled")
     assert [r["step"] for r in eager] == [r["step"] for r in comp]
     for a, b in zip(eager, comp, strict=True):

@@ -17,7 +17,10 @@ form the losses and return the parameter gradients (``torch.autograd.grad``) wit
 changing a weight; ``apply_gradients`` sets them, reduces them across processes and steps
 the optimiser. The first part is what a compiler can take as one graph (torch 2.13 traces
 ``autograd.grad`` with ``torch._dynamo.config.trace_autograd_ops``; ``optimizer.step`` and
-``zero_grad`` break the graph).
+``zero_grad`` break the graph). Where nothing has to happen between the two (one process,
+no fp16 ``GradScaler``, Adam), ``critic_update`` / ``generator_update`` are both parts in
+one function, Adam's update included (``optimizers.adam_update_``), for a compiled run to
+take whole (``critic_step_in_graph`` / ``generator_step_in_graph``).
 
 A trainer calls, per generator step (``run.trainer.Trainer.train_step``, with the inputs
 drawn by ``run.streams.StepSampler``)::
@@ -49,6 +52,7 @@ from fastgp.train.gan.objectives import (
     regularizer,
     wasserstein_estimate,
 )
+from fastgp.train.gan.optimizers import AdamTensors, InGraphAdam, adam_update_
 from fastgp.train.gan.replay import replace_samples
 
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
@@ -275,6 +279,49 @@ class GradientFunctions(NamedTuple):
     generator: Callable[..., tuple[Gradients, Tensor]]
 
 
+def critic_update(
+    settings: GanSettings,
+    generator: nn.Module,
+    critic: nn.Module,
+    params: list[Tensor],
+    inputs: CriticInputs,
+    adam: AdamTensors,
+) -> CriticOutput:
+    """``critic_gradients`` and Adam's update of ``params`` with them (``adam``: the
+    critic's optimiser's tensors), in one function: a whole critic update that
+    ``fastgp.compile_step`` can take as one graph. For one process without a GradScaler
+    (nothing has to happen between the gradients and the step). Returns the output with
+    ``param_grad_norm`` filled in."""
+    grads, out = critic_gradients(settings, generator, critic, params, inputs)
+    grad_norm = gradients_norm(grads)
+    adam_update_(params, grads, adam)
+    return out._replace(param_grad_norm=grad_norm)
+
+
+def generator_update(
+    settings: GanSettings,
+    generator: nn.Module,
+    critic: nn.Module,
+    params: list[Tensor],
+    inputs: GeneratorInputs,
+    adam: AdamTensors,
+) -> GeneratorOutput:
+    """``generator_gradients`` and Adam's update of ``params`` with them, in one function
+    (as ``critic_update``)."""
+    grads, loss = generator_gradients(settings, generator, critic, params, inputs)
+    grad_norm = gradients_norm(grads)
+    adam_update_(params, grads, adam)
+    return GeneratorOutput(loss=loss, param_grad_norm=grad_norm)
+
+
+class UpdateFunctions(NamedTuple):
+    """``critic_update`` and ``generator_update`` as a run calls them: compiled (``fastgp
+    train --compile``, see ``fastgp.train.run.compiled``)."""
+
+    critic: Callable[..., CriticOutput]
+    generator: Callable[..., GeneratorOutput]
+
+
 def apply_gradients(
     optimizer: torch.optim.Optimizer,
     scaler: torch.amp.GradScaler,
@@ -339,6 +386,36 @@ def generator_step(
     return GeneratorOutput(loss=loss, param_grad_norm=grad_norm)
 
 
+def critic_step_in_graph(
+    settings: GanSettings,
+    generator: nn.Module,
+    critic: nn.Module,
+    adam: InGraphAdam,
+    inputs: CriticInputs,
+    update: Callable[..., CriticOutput] = critic_update,
+) -> CriticOutput:
+    """One critic update by ``update`` (``critic_update`` compiled), which steps ``adam``'s
+    optimiser itself, then (wgan-clip) weight clipping."""
+    params = optimized_parameters(adam.optimizer)
+    out = update(settings, generator, critic, params, inputs, adam.tensors())
+    if settings.clip is not None:
+        clip_weights(critic, settings.clip)
+    return out
+
+
+def generator_step_in_graph(
+    settings: GanSettings,
+    generator: nn.Module,
+    critic: nn.Module,
+    adam: InGraphAdam,
+    inputs: GeneratorInputs,
+    update: Callable[..., GeneratorOutput] = generator_update,
+) -> GeneratorOutput:
+    """One generator update by ``update`` (``generator_update`` compiled)."""
+    params = optimized_parameters(adam.optimizer)
+    return update(settings, generator, critic, params, inputs, adam.tensors())
+
+
 def optimized_parameters(optimizer: torch.optim.Optimizer) -> list[Tensor]:
     """The parameters ``optimizer`` updates (a list walk: cheaper than ``module.parameters``,
     which recurses through the modules on every call)."""
@@ -348,9 +425,15 @@ def optimized_parameters(optimizer: torch.optim.Optimizer) -> list[Tensor]:
 def parameter_grad_norm(params: list[Tensor]) -> Tensor:
     """The L2 norm of the gradients of ``params``, 0-dim fp32 on their device (0 when none
     has a gradient), computed without reading anything back to the host."""
-    grads = [p.grad for p in params if p.grad is not None]
-    if not grads:
-        return torch.zeros((), device=params[0].device)
+    return gradients_norm([p.grad for p in params], params[0].device)
+
+
+def gradients_norm(grads: Gradients, device: torch.device | None = None) -> Tensor:
+    """The L2 norm of ``grads`` taken together (Nones left out), 0-dim fp32 (0 on
+    ``device`` when all are None), computed without reading anything back to the host."""
+    present = [g for g in grads if g is not None]
+    if not present:
+        return torch.zeros((), device=device)
     # The norm of the per-tensor norms (one fused kernel per device and dtype on a GPU);
     # torch.nn.utils.get_total_norm computes the same with more Python around it.
-    return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads))).float()
+    return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(present))).float()

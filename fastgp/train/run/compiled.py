@@ -1,11 +1,13 @@
-"""``fastgp train --compile``: which mode a run compiles with, and the compiled gradients.
+"""``fastgp train --compile``: which mode a run compiles with, and the compiled updates.
 
-What is compiled is the part of each update that changes no weight (``gan.steps``:
-``critic_gradients`` and ``generator_gradients``): the generator's forward for the fakes,
-the critic on real and fake, the penalty with its double backward, and the gradients of
-the loss. The optimiser step, the GradScaler's bookkeeping, the distributed all-reduce,
-weight clipping, EMA and replay stay eager: PyTorch's optimisers break the graph at
-``step()`` on purpose, and none of those is where a step's time goes. Each is compiled with
+What is compiled is each update (``gan.steps``): the generator's forward for the fakes,
+the critic on real and fake, the penalty with its double backward, the gradients of the
+loss and, where nothing has to happen between the gradients and the optimiser's step (one
+process, no fp16 ``GradScaler``, Adam), Adam's update itself (``critic_update`` /
+``generator_update``: one graph per update). Otherwise only the gradients are compiled
+(``critic_gradients`` / ``generator_gradients``) and the optimiser steps eagerly after the
+all-reduce or the GradScaler's check (PyTorch's optimisers break the graph at ``step()``
+on purpose). Weight clipping, EMA and replay stay eager. Each is compiled with
 ``fastgp.compile_step`` (``fullgraph=True``, autograd traced into the graph). A run with
 lazy regularisation compiles the critic twice (with and without the penalty).
 
@@ -23,7 +25,15 @@ import torch
 
 import fastgp
 from fastgp.compile import supports_compiled_steps
-from fastgp.train.gan.steps import GradientFunctions, critic_gradients, generator_gradients
+from fastgp.train.gan.optimizers import InGraphAdam, in_graph_unsupported
+from fastgp.train.gan.steps import (
+    GradientFunctions,
+    UpdateFunctions,
+    critic_gradients,
+    critic_update,
+    generator_gradients,
+    generator_update,
+)
 
 # (device type, arch) -> the mode "auto" compiles with. Measured with the default run of
 # each (`python -m benchmarks.run`'s end-to-end and critic-step rows): on CPU the toy MLP
@@ -59,8 +69,10 @@ def resolve_compile(cfg: Any, device: torch.device) -> tuple[str, str]:
     return mode, f"auto: compiled ({cfg.arch} on {device.type} was measured faster compiled)"
 
 
-class CompiledGradients:
-    """``GradientFunctions`` compiled with ``mode``, timing the calls that compile.
+class CompiledSteps:
+    """The gradient and the update functions compiled with ``mode``, timing the calls that
+    compile (``fastgp.compile_step`` compiles on a function's first call, so only the ones
+    a run uses are compiled).
 
     ``compile_seconds`` accumulates the wall time of every call during which dynamo
     compiled a new graph (its first call, a second graph for lazy regularisation, a
@@ -71,9 +83,13 @@ class CompiledGradients:
         self.mode = mode
         self.compile_seconds = 0.0
         self.graphs = 0
-        self.functions = GradientFunctions(
+        self.gradients = GradientFunctions(
             critic=self._timed(fastgp.compile_step(critic_gradients, mode=mode)),
             generator=self._timed(fastgp.compile_step(generator_gradients, mode=mode)),
+        )
+        self.updates = UpdateFunctions(
+            critic=self._timed(fastgp.compile_step(critic_update, mode=mode)),
+            generator=self._timed(fastgp.compile_step(generator_update, mode=mode)),
         )
 
     def _timed(self, fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -98,9 +114,28 @@ class CompiledGradients:
         return seconds, graphs
 
 
-def gradient_functions(mode: str) -> tuple[GradientFunctions, CompiledGradients | None]:
-    """The run's gradient functions: eager for "off", else compiled (with their timer)."""
+def compiled_steps(mode: str) -> CompiledSteps | None:
+    """The run's compiled functions, or None for "off" (eager)."""
+    return None if mode == "off" else CompiledSteps(mode)
+
+
+def in_graph_optimizers(
+    mode: str,
+    optimizers: tuple[torch.optim.Optimizer, ...],
+    *,
+    world_size: int,
+    fp16: bool,
+) -> tuple[tuple[InGraphAdam, ...] | None, str]:
+    """``(adams, why)``: the optimisers' ``InGraphAdam`` when a compiled run steps them inside
+    its update graphs, else None, and a few words saying which (for the run's header)."""
     if mode == "off":
-        return GradientFunctions(critic_gradients, generator_gradients), None
-    compiled = CompiledGradients(mode)
-    return compiled.functions, compiled
+        return None, ""
+    if world_size > 1:
+        return None, "optimiser steps eager: gradients are all-reduced first"
+    if fp16:
+        return None, "optimiser steps eager: the fp16 GradScaler checks the gradients first"
+    for optimizer in optimizers:
+        reason = in_graph_unsupported(optimizer)
+        if reason is not None:
+            return None, reason
+    return tuple(InGraphAdam(o) for o in optimizers), "Adam's update inside the graphs"

@@ -31,12 +31,26 @@ from fastgp.train.evaluation.classifier import (
 from fastgp.train.evaluation.metrics import evaluate_generator
 from fastgp.train.evaluation.plots import save_image_grid, save_toy_plot
 from fastgp.train.gan.ema import EMA
+from fastgp.train.gan.optimizers import build_optimizer
 from fastgp.train.gan.replay import ReplayBuffer
-from fastgp.train.gan.steps import CriticOutput, GanSettings, critic_step, generator_step
+from fastgp.train.gan.steps import (
+    CriticInputs,
+    CriticOutput,
+    GanSettings,
+    GeneratorInputs,
+    GeneratorOutput,
+    GradientFunctions,
+    critic_gradients,
+    critic_step,
+    critic_step_in_graph,
+    generator_gradients,
+    generator_step,
+    generator_step_in_graph,
+)
 from fastgp.train.models import build_networks, sample_scores
 from fastgp.train.run import checkpoint as ckpt
 from fastgp.train.run import distributed as dist_utils
-from fastgp.train.run.compiled import gradient_functions, resolve_compile
+from fastgp.train.run.compiled import compiled_steps, in_graph_optimizers, resolve_compile
 from fastgp.train.run.guards import FiniteGuard, NonFiniteError, critic_checks, generator_checks
 from fastgp.train.run.run_log import IntervalMeans
 from fastgp.train.run.streams import RandomStreams, StepSampler
@@ -111,8 +125,19 @@ class Trainer:
         self.settings = GanSettings.from_config(cfg, self.device)
         # --compile: "off" or a torch.compile mode, and why (ValueError if refused).
         self.compile_mode, self.compile_reason = resolve_compile(cfg, self.device)
-        self.gradients, self.compiled = gradient_functions(self.compile_mode)
+        self.compiled = compiled_steps(self.compile_mode)
         fp16 = cfg.amp == "fp16"
+        self.gradients = (
+            GradientFunctions(critic_gradients, generator_gradients)
+            if self.compiled is None
+            else self.compiled.gradients
+        )
+        # (critic's, generator's) when a compiled update steps Adam inside its graph.
+        self.in_graph, how = in_graph_optimizers(
+            self.compile_mode, (self.opt_d, self.opt_g), world_size=self.ctx.world_size, fp16=fp16
+        )
+        if how:
+            self.compile_reason += f"; {how}"
         self.scaler_d = torch.amp.GradScaler(self.device.type, enabled=fp16)
         self.scaler_g = torch.amp.GradScaler(self.device.type, enabled=fp16)
         self.ema = EMA(self.generator, cfg.ema, cfg.ema_start) if cfg.ema > 0 else None
@@ -142,13 +167,8 @@ class Trainer:
         self.classifier: TrainedClassifier | None = None  # of a labelled image set
 
     def _optimizer(self, module: nn.Module, lr: float) -> torch.optim.Optimizer:
-        if self.cfg.optimizer == "rmsprop":
-            return torch.optim.RMSprop(module.parameters(), lr=lr)
-        # fused: one kernel for all of a module's parameters. A toy MLP's step is about a
-        # dozen small tensors, where the per-tensor loop cost 2.0 ms against 0.7 ms fused
-        # for the 512-wide generator here (1 thread); the update is the same Adam.
-        return torch.optim.Adam(
-            module.parameters(), lr=lr, betas=(self.cfg.beta1, self.cfg.beta2), fused=True
+        return build_optimizer(
+            self.cfg.optimizer, module.parameters(), lr, (self.cfg.beta1, self.cfg.beta2)
         )
 
     @property
@@ -266,6 +286,48 @@ class Trainer:
             valid = torch.cat([finite.new_ones(len(CRITIC_SCALARS)), finite])
         self._critic_means.add_vector(CRITIC_SCALARS + PENALTY_SCALARS, values, valid)
 
+    def _critic_update(self, inputs: CriticInputs) -> CriticOutput:
+        if self.in_graph is not None:  # compiled, Adam's step inside the graph
+            return critic_step_in_graph(
+                self.settings,
+                self.generator,
+                self.critic,
+                self.in_graph[0],
+                inputs,
+                self.compiled.updates.critic,
+            )
+        return critic_step(
+            self.settings,
+            self.generator,
+            self.critic,
+            self.opt_d,
+            self.scaler_d,
+            inputs,
+            self._reduce_gradients,
+            self.gradients.critic,
+        )
+
+    def _generator_update(self, inputs: GeneratorInputs) -> GeneratorOutput:
+        if self.in_graph is not None:
+            return generator_step_in_graph(
+                self.settings,
+                self.generator,
+                self.critic,
+                self.in_graph[1],
+                inputs,
+                self.compiled.updates.generator,
+            )
+        return generator_step(
+            self.settings,
+            self.generator,
+            self.critic,
+            self.opt_g,
+            self.scaler_g,
+            inputs,
+            self._reduce_gradients,
+            self.gradients.generator,
+        )
+
     def train_step(self) -> dict[str, Tensor | float]:
         """``n_critic`` critic updates and one generator update (generator step
         ``step + 1``); returns the step's scalars (0-dim device tensors; the learning
@@ -279,16 +341,7 @@ class Trainer:
             inputs = self.sampler.critic_inputs(
                 self.settings.regularises(self.critic_steps), self.replay
             )
-            out = critic_step(
-                self.settings,
-                self.generator,
-                self.critic,
-                self.opt_d,
-                self.scaler_d,
-                inputs,
-                self._reduce_gradients,
-                self.gradients.critic,
-            )
+            out = self._critic_update(inputs)
             if self.replay is not None:
                 self.replay.store(out.fake)
             # After the all-reduce: a NaN on any rank is then in every rank's gradients.
@@ -296,16 +349,7 @@ class Trainer:
             self._add_critic_scalars(out)
             penalised = penalised or out.penalty is not None
             self.critic_steps += 1
-        out_g = generator_step(
-            self.settings,
-            self.generator,
-            self.critic,
-            self.opt_g,
-            self.scaler_g,
-            self.sampler.generator_inputs(),
-            self._reduce_gradients,
-            self.gradients.generator,
-        )
+        out_g = self._generator_update(self.sampler.generator_inputs())
         checks += generator_checks(out_g, self.scaler_g)
         self.guard.observe(step, checks)
         dist_utils.average_buffers(self.generator, self.ctx)
