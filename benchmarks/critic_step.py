@@ -1,5 +1,5 @@
 """Whole WGAN-GP critic steps: W loss + gradient penalty, backward, Adam step (``fastgp
-train``'s Adam: fused eagerly, its update traced into the graph when compiled).
+train``'s Adam, stepped as ``fastgp train --compile`` steps it).
 
 Versions of the same step, on identical copies of one critic and the same inputs:
 
@@ -8,14 +8,18 @@ Versions of the same step, on identical copies of one critic and the same inputs
   ``loss.backward()``, then the optimiser's ``step()``.
 - ``fastgp``: ``fastgp.gradient_penalty(critic, real, fake, alpha=alpha)``, eager.
 - ``compile``: the ``eager`` step compiled whole by ``fastgp.compile_step``: the critic, its
-  double backward, the penalty and Adam's update (``fastgp.train.gan.optimizers
-  .adam_update_``, as ``fastgp train --compile`` runs it: ``Optimizer.step`` breaks graphs on
-  purpose) in one graph.
+  double backward and the penalty in one graph, then the optimiser's ``step()`` (which breaks
+  graphs on purpose), as ``fastgp train --compile`` runs it.
 - ``fastgp_compile``: the ``fastgp`` step compiled the same way (``backend="auto"``, which
   inside torch.compile picks ``fastgp.backends.AUTO_WHEN_COMPILED``'s choice).
-- ``fastgp_compile_kernels``: the same with fastgp's kernels forced (the backend the suite
-  runs), the other side of that choice.
-- ``fastgp_compile_cudagraphs`` (GPU only): ``fastgp_compile`` with ``mode="reduce-overhead"``.
+- ``fastgp_compile_kernels`` and ``fastgp_compile_reference``: the same with each side of
+  that choice forced: fastgp's fused kernels for the device (``fastgp.backends.AUTO``: cpp on
+  CPU, triton on CUDA) as opaque ops in the graph, or the reference formula that Inductor
+  fuses with its neighbours. One of them is the graph ``fastgp_compile`` runs, so their
+  difference beside it also shows the spread between identical steps.
+- ``fastgp_compile_cudagraphs`` (GPU only): ``fastgp_compile`` with ``mode="reduce-overhead"``
+  and Adam's update inside the graph (``fastgp.train.gan.optimizers.adam_update_``, as
+  ``fastgp train --compile reduce-overhead`` runs it: ``optimizers.IN_GRAPH_MODES``).
 
 The critics come from ``fastgp.train.models.build_models`` (the trainer's models).
 """
@@ -31,16 +35,27 @@ from torch import Tensor, nn
 
 import fastgp
 from benchmarks.providers import LAMBDA_GP, eager_interpolate, eager_penalty
-from fastgp.train.gan.optimizers import AdamTensors, InGraphAdam, adam_update_, build_optimizer
+from fastgp.backends import AUTO, AUTO_WHEN_COMPILED
+from fastgp.train.gan.optimizers import (
+    IN_GRAPH_MODES,
+    AdamTensors,
+    InGraphAdam,
+    adam_update_,
+    build_optimizer,
+)
 from fastgp.train.models import build_models
 
-STEP_PROVIDERS = ("eager", "fastgp", "compile", "fastgp_compile", "fastgp_compile_kernels")
+STEP_PROVIDERS = (
+    "eager", "fastgp", "compile", "fastgp_compile", "fastgp_compile_kernels",
+    "fastgp_compile_reference",
+)  # fmt: skip
 # Provider -> the torch.compile mode of its compiled step. The CUDA-graph one exists for
 # the GPU benchmark only (benchmarks/gpu.py): on CPU "reduce-overhead" is the default mode.
 COMPILE_MODES = {
     "compile": None,
     "fastgp_compile": None,
     "fastgp_compile_kernels": None,
+    "fastgp_compile_reference": None,
     "fastgp_compile_cudagraphs": "reduce-overhead",
 }
 
@@ -105,20 +120,43 @@ def classic_penalty(
     return penalty(grads)
 
 
-def penalty_fn(
-    provider: str, backend: str
-) -> Callable[[nn.Module, Tensor, Tensor, Tensor], Tensor]:
-    """(critic, real, fake, alpha) -> penalty for ``provider``."""
-    if provider in ("eager", "compile"):
-        return classic_penalty
+def provider_backend(provider: str, backend: str, device: torch.device) -> str | None:
+    """The fastgp backend ``provider``'s penalty asks for: ``backend`` (the run's) for
+    ``fastgp``, the device's fused kernels or the reference for the forced compiled ones,
+    "auto" for ``fastgp_compile``; None for the seed formula's providers."""
     if provider not in (*STEP_PROVIDERS, *COMPILE_MODES):
         raise ValueError(f"provider must be one of {STEP_PROVIDERS}, got {provider!r}")
-    if provider.startswith("fastgp"):
-        chosen = backend if provider in ("fastgp", "fastgp_compile_kernels") else "auto"
-        return lambda critic, real, fake, alpha: fastgp.gradient_penalty(
-            critic, real, fake, alpha=alpha, lambda_gp=LAMBDA_GP, backend=chosen
-        )
-    raise ValueError(f"provider must be one of {STEP_PROVIDERS}, got {provider!r}")
+    if provider in ("eager", "compile"):
+        return None
+    if provider == "fastgp":
+        return backend
+    if provider == "fastgp_compile_kernels":
+        return AUTO[device.type]
+    if provider == "fastgp_compile_reference":
+        return "torch"
+    return "auto"
+
+
+def backend_ran(provider: str, resolved: str, device: torch.device) -> str | None:
+    """The backend ``provider``'s penalty runs (for the rows): ``resolved`` (the run's
+    ``--backend`` resolved) for ``fastgp``, ``AUTO_WHEN_COMPILED``'s pick for an "auto"
+    inside a compiled step, the forced one otherwise."""
+    asked = provider_backend(provider, resolved, device)
+    if asked == "auto":
+        return AUTO_WHEN_COMPILED.get(device.type)
+    return asked
+
+
+def penalty_fn(
+    provider: str, backend: str, device: torch.device
+) -> Callable[[nn.Module, Tensor, Tensor, Tensor], Tensor]:
+    """(critic, real, fake, alpha) -> penalty for ``provider`` on ``device``."""
+    chosen = provider_backend(provider, backend, device)
+    if chosen is None:
+        return classic_penalty
+    return lambda critic, real, fake, alpha: fastgp.gradient_penalty(
+        critic, real, fake, alpha=alpha, lambda_gp=LAMBDA_GP, backend=chosen
+    )
 
 
 def new_case() -> None:
@@ -153,38 +191,43 @@ def step_callable(
 
     The copy and its Adam state (lr 1e-4, betas (0, 0.9), as in the WGAN-GP paper) belong to
     this callable, so every provider starts from the same weights. Every provider steps
-    ``fastgp train``'s Adam (``optimizers.build_optimizer``: PyTorch's, fused), eagerly with
-    ``step()`` or, compiled, with its update in the graph, as the trainer does.
+    ``fastgp train``'s Adam (``optimizers.build_optimizer``: PyTorch's, fused) as the trainer
+    does: with ``step()`` after the (compiled) backward, or, in ``IN_GRAPH_MODES``, with its
+    update inside the graph.
     """
     net = copy.deepcopy(critic)
     opt = build_optimizer("adam", net.parameters(), 1e-4, (0.0, 0.9))
-    gp = penalty_fn(provider, backend)
+    gp = penalty_fn(provider, backend, inputs[0][0].device)
     n = len(inputs)
 
-    def loss_of(real: Tensor, fake: Tensor, alpha: Tensor) -> Tensor:
-        return net(fake).mean() - net(real).mean() + gp(net, real, fake, alpha)
+    def loss_and_backward(real: Tensor, fake: Tensor, alpha: Tensor) -> Tensor:
+        loss = net(fake).mean() - net(real).mean() + gp(net, real, fake, alpha)
+        loss.backward()
+        return loss.detach()
 
-    if provider not in COMPILE_MODES:
+    mode = COMPILE_MODES.get(provider, "off")
+    if mode not in IN_GRAPH_MODES:
+        if provider in COMPILE_MODES:
+            # All compiled providers share this function's code object, hence dynamo's
+            # cache for it: callers reset dynamo between cases (``new_case``).
+            loss_and_backward = fastgp.compile_step(loss_and_backward, mode=mode)
 
         def run(i: int) -> object:
             opt.zero_grad(set_to_none=True)
-            loss = loss_of(*inputs[i % n])
-            loss.backward()
+            loss = loss_and_backward(*inputs[i % n])
             opt.step()
-            return loss.detach()
+            return loss
 
         return run
 
     params, adam = list(net.parameters()), InGraphAdam(opt)
 
     def whole_step(real: Tensor, fake: Tensor, alpha: Tensor, tensors: AdamTensors) -> Tensor:
-        loss = loss_of(real, fake, alpha)
+        loss = net(fake).mean() - net(real).mean() + gp(net, real, fake, alpha)
         adam_update_(params, torch.autograd.grad(loss, params), tensors)
         return loss.detach()
 
-    # All compiled providers share this function's code object, hence dynamo's cache for
-    # it: callers reset dynamo between cases (``new_case``).
-    compiled = fastgp.compile_step(whole_step, mode=COMPILE_MODES[provider])
+    compiled = fastgp.compile_step(whole_step, mode=mode)
 
     def run_compiled(i: int) -> object:
         return compiled(*inputs[i % n], adam.tensors())

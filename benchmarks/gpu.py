@@ -60,7 +60,7 @@ OP_PROVIDERS = ("eager", "compile", "fastgp", "copy")
 # Critic-step providers, each a name ``critic_step.step_callable`` knows: one line per provider.
 STEP_PROVIDERS = (
     "eager", "fastgp", "compile", "fastgp_compile", "fastgp_compile_kernels",
-    "fastgp_compile_cudagraphs",
+    "fastgp_compile_reference", "fastgp_compile_cudagraphs",
 )  # fmt: skip
 # Compiling takes seconds to minutes a graph: the compiled providers run on the toy MLP
 # critics only (the conv critics' eager rows are measured; their compile would not fit the
@@ -224,7 +224,7 @@ def measure_step_case(
         except Exception as exc:
             errors.append(_error(case.name, name, exc))
             continue
-        ran = resolved if name in ("fastgp", "fastgp_compile_kernels") else None
+        ran = critic_step.backend_ran(name, resolved, device)
         row = report.step_row(case, name, ran, timing, peak, method, None, first_call_s)
         row["host_ms"] = host_s * 1e3
         rows.append(row)

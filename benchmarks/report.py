@@ -186,7 +186,8 @@ class Target:
 
 # The critic-step table's columns, in order (benchmarks.critic_step.STEP_PROVIDERS).
 STEP_TABLE_PROVIDERS = (
-    "eager", "fastgp", "compile", "fastgp_compile", "fastgp_compile_kernels"
+    "eager", "fastgp", "compile", "fastgp_compile", "fastgp_compile_kernels",
+    "fastgp_compile_reference",
 )  # fmt: skip
 
 MILLION = 1 << 20

@@ -28,7 +28,6 @@ from benchmarks import (  # noqa: E402
     train_run,
 )
 from benchmarks.timing import TimingConfig, time_competitors  # noqa: E402
-from fastgp.backends import AUTO_WHEN_COMPILED  # noqa: E402
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 DTYPES = {
@@ -270,16 +269,11 @@ def run_step_cases(
         case_rows = []
         for name in names:
             peak, method = memory.peak_bytes(lambda fn=fns[name]: fn(0), device)
-            backend_ran = {
-                "fastgp": resolved,
-                "fastgp_compile_kernels": resolved,
-                "fastgp_compile": AUTO_WHEN_COMPILED.get(device.type),
-            }.get(name)
             case_rows.append(
                 report.step_row(
                     case,
                     name,
-                    backend_ran,
+                    critic_step.backend_ran(name, resolved, device),
                     timings[name],
                     peak,
                     method,

@@ -287,3 +287,23 @@ def test_before_after_takes_medians_then_geometric_means(tmp_path):
     assert math.isclose(group["fastgp, cache on"], math.sqrt(2.0 * 16.0))
     assert math.isclose(group["eager"], 4.0 / 3.0)
     assert "| penalty | fwd | < 1M elements | 2 | 4.00 |" in before_after.markdown([group])
+
+
+def test_step_profile_splits_a_generator_step(tmp_path, capsys):
+    """Two tiny eager steps profiled: every kind is there, the parts add up to the total,
+    matrix products are found, and the JSON holds what the table shows."""
+    from benchmarks import step_profile
+
+    out = tmp_path / "profile.json"
+    args = "--batch-size 32 --nf 16 --nf-g 16 --n-critic 1 --backend torch"
+    assert step_profile.main(
+        ["--compile", "off", "--warmup", "1", "--steps", "2", "--train-args", args,
+         "--out", str(out)]
+    ) == 0  # fmt: skip
+    shown = capsys.readouterr().out
+    assert "`fastgp train --batch-size 32" in shown and "| off |" in shown
+    result = json.loads(out.read_text())["results"]["off"]
+    parts = sum(result[k] for k in ("matmul", "optimizer", "compiled_graph", "other"))
+    assert result["total"] == pytest.approx(parts)
+    assert result["matmul"] > 0 and result["optimizer"] > 0 and result["compiled_graph"] == 0
+    assert result["wall_ms_unprofiled"] > 0

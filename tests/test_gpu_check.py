@@ -41,6 +41,7 @@ STEP_MS = {
     "compile": 6.0,
     "fastgp_compile": 5.0,
     "fastgp_compile_kernels": 5.5,
+    "fastgp_compile_reference": 5.2,
     "fastgp_compile_cudagraphs": 3.0,
 }
 DEVICE_COPY_FRACTION = OP_MS["copy"] / OP_MS["fastgp"]

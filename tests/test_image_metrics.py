@@ -80,6 +80,7 @@ def test_kl_and_coverage_on_constructed_histograms():
     counts = torch.tensor([50, 30, 2, 1, 17, 0, 0, 0, 0, 0])  # 2% of 100 is 2
     assert class_coverage(counts) == 4
     assert class_coverage(torch.zeros(10)) == 0
+    assert class_coverage(counts, total=1000) == 2  # 2% of 1000 is 20: only 50 and 30
 
 
 def test_stacked_mode_metrics_on_constructed_labels():
@@ -173,6 +174,10 @@ def test_class_metrics_of_real_digits_and_of_a_collapsed_generator(tmp_path, few
     good = class_metrics(data.sample(200, torch.Generator().manual_seed(1)), real, data, trained)
     assert good["class_coverage"] == 10 and good["class_kl"] < 0.1
     assert good["confident_fraction"] > 0.8 and sum(good["class_counts"]) == 200
+    assert good["confident_class_coverage"] == 10
+    confident = good["confident_class_counts"]
+    assert all(c <= n for c, n in zip(confident, good["class_counts"], strict=True))
+    assert sum(confident) == round(200 * good["confident_fraction"])
     one = data.labelled.images[data.labelled.labels == 7][:1].float() / 127.5 - 1.0
     collapsed = class_metrics(one.expand(200, -1, -1, -1), real, data, trained)
     assert collapsed["class_coverage"] == 1 and collapsed["class_counts"][7] == 200
@@ -180,6 +185,7 @@ def test_class_metrics_of_real_digits_and_of_a_collapsed_generator(tmp_path, few
     assert collapsed["classifier_fd"] > good["classifier_fd"]
     # The real images' own value does not depend on the samples.
     assert good["real_confident_fraction"] == collapsed["real_confident_fraction"] > 0.8
+    assert collapsed["confident_class_coverage"] <= 1
     blank = class_metrics(torch.full((200, 1, 28, 28), -1.0), real, data, trained)
     assert blank["real_confident_fraction"] == good["real_confident_fraction"]
 

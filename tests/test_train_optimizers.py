@@ -160,3 +160,21 @@ def test_build_optimizer() -> None:
     assert isinstance(build_optimizer("rmsprop", params, 5e-5, (0.0, 0.9)), torch.optim.RMSprop)
     with pytest.raises(ValueError, match="`kind` must be 'adam' or 'rmsprop'"):
         build_optimizer("sgd", params, 1e-3, (0.0, 0.9))
+
+
+def test_the_update_also_runs_eagerly() -> None:
+    """Uncompiled (a step whose compile is stubbed out, or a user's eager call) it is the
+    same update as Adam.step's."""
+    eager_net, plain_net = _net(), _net()
+    eager = build_optimizer("adam", eager_net.parameters(), 1e-2, (0.5, 0.9))
+    plain = build_optimizer("adam", plain_net.parameters(), 1e-2, (0.5, 0.9))
+    adam = InGraphAdam(plain)
+    for step in range(2):
+        grads = _grads(eager_net, step)
+        for p, g in zip(eager_net.parameters(), grads, strict=True):
+            p.grad = g.clone()
+        eager.step()
+        adam_update_(list(plain_net.parameters()), grads, adam.tensors())
+    for a, b in zip(eager_net.parameters(), plain_net.parameters(), strict=True):
+        torch.testing.assert_close(b, a, rtol=2e-6, atol=1e-8)
+    _assert_close_state(eager, plain)

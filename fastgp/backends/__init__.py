@@ -31,10 +31,12 @@ AUTO = {"cuda": "triton", "cpu": "cpp"}
 # What "auto" runs inside torch.compile, per device type. Inductor cannot fuse across an
 # opaque op, but it fuses the reference formula (a handful of pointwise ops and a row
 # reduction) into the kernels of the critic's double backward around it. Measured inside
-# whole compiled critic steps (`python -m benchmarks.run`, README "Benchmarks"; CPU numbers
-# in the README's compiled-step table): on CPU the reference formula is the faster of the
-# two. CUDA has not been measured yet (no GPU was available); it keeps fastgp's Triton
-# kernels until `bash benchmarks/gpu_check.sh` measures both.
+# whole compiled critic steps (`python -m benchmarks.run --steps mlp`, providers
+# fastgp_compile_reference and fastgp_compile_kernels, README "Benchmarks"): on CPU the
+# reference formula is the faster of the two (toy MLP nf128 B256, 1 thread, 2026-12-06:
+# 3.95 against 4.19 ms, and 3.17 against 3.31 ms in another run; nf512: 35.4 against
+# 35.7 ms). CUDA has not been measured yet (no GPU was available); it keeps fastgp's
+# Triton kernels until `bash benchmarks/gpu_check.sh` measures both.
 AUTO_WHEN_COMPILED = {"cpu": "torch", "cuda": "triton"}
 
 __all__ = ["BACKENDS", "BackendUnavailable", "resolve_backend", "unavailable_reason"]

@@ -192,6 +192,7 @@ def _eval_line(evaluation: dict[str, Any]) -> str:
         "reverse_kl",
         "wasserstein1",
         "class_coverage",
+        "confident_class_coverage",
         "class_kl",
         "confident_fraction",
         "real_confident_fraction",

@@ -5,6 +5,10 @@ For a labelled dataset (``Dataset.labelled``; classifier from ``classifier.py``)
 
 * ``class_coverage``: classes receiving at least ``COVERAGE_MIN_FRACTION`` (2%) of the
   generated samples, of ``num_classes``; ``class_counts`` per class.
+* ``confident_class_coverage``: classes receiving at least 2% of the generated samples
+  recognised with probability >= ``CONFIDENT`` (0.9), of ``num_classes``: the classes the
+  generator draws recognisably, not only the ones its samples lean to;
+  ``confident_class_counts`` per class.
 * ``class_kl``: KL(p_gen || p_data) in nats, p_gen the histogram of the classifier's
   predictions on the samples, p_data the histogram of the training labels. Inf when the
   samples land in a class the data never has; 0 when the histograms agree.
@@ -81,9 +85,12 @@ def kl_divergence(p: Tensor, q: Tensor) -> float:
     return max(float((p[support] * (p[support] / q[support]).log()).sum()), 0.0)
 
 
-def class_coverage(counts: Tensor, min_fraction: float = COVERAGE_MIN_FRACTION) -> int:
-    """Classes holding at least ``min_fraction`` of the samples counted in ``counts`` (K,)."""
-    total = int(counts.sum())
+def class_coverage(
+    counts: Tensor, min_fraction: float = COVERAGE_MIN_FRACTION, total: int | None = None
+) -> int:
+    """Classes holding at least ``min_fraction`` of ``total`` samples (default: of those
+    counted in ``counts`` (K,))."""
+    total = int(counts.sum()) if total is None else total
     return int((counts.double() >= min_fraction * total).sum()) if total else 0
 
 
@@ -136,9 +143,11 @@ def class_metrics(fake: Tensor, real: Tensor, dataset, classifier: TrainedClassi
     else:
         k = labelled.num_classes
         counts = torch.bincount(fake_labels, minlength=k)
+        confident = torch.bincount(fake_labels[confidence >= CONFIDENT], minlength=k)
         result.update(
             {
                 "class_coverage": class_coverage(counts),
+                "confident_class_coverage": class_coverage(confident, total=len(fake_labels)),
                 "num_classes": k,
                 "class_kl": kl_divergence(counts, torch.bincount(labelled.labels, minlength=k)),
             }
@@ -154,6 +163,7 @@ def class_metrics(fake: Tensor, real: Tensor, dataset, classifier: TrainedClassi
     )
     if not dataset.stacked:
         result["class_counts"] = [int(c) for c in counts]
+        result["confident_class_counts"] = [int(c) for c in confident]
     return result
 
 

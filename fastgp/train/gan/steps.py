@@ -17,10 +17,10 @@ form the losses and return the parameter gradients (``torch.autograd.grad``) wit
 changing a weight; ``apply_gradients`` sets them, reduces them across processes and steps
 the optimiser. The first part is what a compiler can take as one graph (torch 2.13 traces
 ``autograd.grad`` with ``torch._dynamo.config.trace_autograd_ops``; ``optimizer.step`` and
-``zero_grad`` break the graph). Where nothing has to happen between the two (one process,
-no fp16 ``GradScaler``, Adam), ``critic_update`` / ``generator_update`` are both parts in
-one function, Adam's update included (``optimizers.adam_update_``), for a compiled run to
-take whole (``critic_step_in_graph`` / ``generator_step_in_graph``).
+``zero_grad`` break the graph). ``critic_update`` / ``generator_update`` are both parts in
+one function, Adam's update included (``optimizers.adam_update_``), for a CUDA-graph run to
+take whole where nothing has to happen between the two (one process, no fp16
+``GradScaler``, Adam): ``critic_step_in_graph`` / ``generator_step_in_graph``.
 
 A trainer calls, per generator step (``run.trainer.Trainer.train_step``, with the inputs
 drawn by ``run.streams.StepSampler``)::

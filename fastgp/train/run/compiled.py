@@ -1,13 +1,14 @@
 """``fastgp train --compile``: which mode a run compiles with, and the compiled updates.
 
-What is compiled is each update (``gan.steps``): the generator's forward for the fakes,
-the critic on real and fake, the penalty with its double backward, the gradients of the
-loss and, where nothing has to happen between the gradients and the optimiser's step (one
-process, no fp16 ``GradScaler``, Adam), Adam's update itself (``critic_update`` /
-``generator_update``: one graph per update). Otherwise only the gradients are compiled
-(``critic_gradients`` / ``generator_gradients``) and the optimiser steps eagerly after the
-all-reduce or the GradScaler's check (PyTorch's optimisers break the graph at ``step()``
-on purpose). Weight clipping, EMA and replay stay eager. Each is compiled with
+What is compiled is the part of each update that changes no weight (``gan.steps``:
+``critic_gradients`` and ``generator_gradients``): the generator's forward for the fakes,
+the critic on real and fake, the penalty with its double backward, and the gradients of
+the loss. The optimiser steps eagerly after it (PyTorch's optimisers break the graph at
+``step()`` on purpose), after the all-reduce and the GradScaler's check. With CUDA graphs
+(``--compile reduce-overhead``, ``optimizers.IN_GRAPH_MODES``), where nothing has to happen
+between the gradients and the step (one process, no fp16 ``GradScaler``, Adam), Adam's
+update is traced into the graph too (``critic_update`` / ``generator_update``), so that a
+replay covers the whole update. Weight clipping, EMA and replay stay eager. Each is compiled with
 ``fastgp.compile_step`` (``fullgraph=True``, autograd traced into the graph). A run with
 lazy regularisation compiles the critic twice (with and without the penalty).
 
@@ -25,7 +26,7 @@ import torch
 
 import fastgp
 from fastgp.compile import supports_compiled_steps
-from fastgp.train.gan.optimizers import InGraphAdam, in_graph_unsupported
+from fastgp.train.gan.optimizers import IN_GRAPH_MODES, InGraphAdam, in_graph_unsupported
 from fastgp.train.gan.steps import (
     GradientFunctions,
     UpdateFunctions,
@@ -127,8 +128,9 @@ def in_graph_optimizers(
     fp16: bool,
 ) -> tuple[tuple[InGraphAdam, ...] | None, str]:
     """``(adams, why)``: the optimisers' ``InGraphAdam`` when a compiled run steps them inside
-    its update graphs, else None, and a few words saying which (for the run's header)."""
-    if mode == "off":
+    its update graphs (``IN_GRAPH_MODES``), else None, and a few words saying which (for
+    the run's header; empty where the optimiser steps eagerly as usual)."""
+    if mode not in IN_GRAPH_MODES:
         return None, ""
     if world_size > 1:
         return None, "optimiser steps eager: gradients are all-reduced first"
