@@ -1,13 +1,14 @@
 """Where a ``fastgp train`` generator step spends its time, eager and compiled.
 
-``python -m benchmarks.step_profile [--compile off,auto] [--warmup N] [--steps M]
-[--train-args "..."] [--from-run RUN] [--keep-denormals] [--out FILE.json]`` builds the
-trainer of ``fastgp train --train-args`` for each ``--compile`` setting in one process (its
-threads, denormals flushed as the CLI does unless kept; from ``RUN``'s newest checkpoint
-when given), trains each ``--warmup`` generator steps (the compile among
-them), times ``--steps`` more in blocks that alternate between the settings (the median
-block is the step time), then profiles ``--steps`` more under ``torch.profiler`` and
-splits the self CPU time per generator step into matrix products
+``python -m benchmarks.step_profile [--compile off,auto] [--denormals flushed[,kept]]
+[--warmup N] [--steps M] [--train-args "..."] [--from-run RUN] [--out FILE.json]`` builds,
+in one process, the trainer of ``fastgp train --train-args`` for each setting: each
+``--compile`` mode with each ``--denormals`` handling (flushed to zero, as ``fastgp train``
+runs on the CPU, or kept; the thread's flag is set before each setting runs), from
+``RUN``'s newest checkpoint when given. It trains each ``--warmup`` generator steps (the
+compile among them), times ``--steps`` more in blocks that alternate between the settings
+(the median block is the step time), then profiles ``--steps`` more under
+``torch.profiler`` and splits the self CPU time per generator step into matrix products
 (``aten::mm``/``addmm``/``bmm``/convolutions: what compiling cannot make cheaper, MKL or
 oneDNN runs them either way), the optimiser's step, the compiled graphs' own code
 (Inductor's kernels and wrappers) and the rest (eager operators, Python around them). The
@@ -28,6 +29,8 @@ from tempfile import TemporaryDirectory
 
 import torch
 
+from fastgp.train.cli import denormals_flushed
+
 # Operator names (torch.profiler keys) counted as matrix products.
 MATMUL_OPS = frozenset(
     {
@@ -45,15 +48,11 @@ GRAPH_PREFIX = "## Call CompiledFxGraph"  # an Inductor graph's own code
 
 
 def build_trainer(
-    train_args: list[str],
-    compile_mode: str,
-    run_dir: Path,
-    from_run: Path | None = None,
-    flush_denormals: bool = True,
+    train_args: list[str], compile_mode: str, run_dir: Path, from_run: Path | None = None
 ):
-    """The ``Trainer`` ``fastgp train *train_args --compile compile_mode`` would build, with
-    the newest checkpoint of ``from_run`` loaded (None: fresh weights); denormals flushed
-    as ``fastgp train`` does on the CPU, or kept (``flush_denormals=False``)."""
+    """The ``Trainer`` ``fastgp train *train_args --compile compile_mode`` would build (with
+    its thread count), with the newest checkpoint of ``from_run`` loaded (None: fresh
+    weights)."""
     from fastgp.train import config
     from fastgp.train.data import load_dataset
     from fastgp.train.run.checkpoint import latest_checkpoint, load_checkpoint
@@ -73,7 +72,6 @@ def build_trainer(
     )
     cfg = config.resolve(cfg, dataset.sample_shape)
     torch.set_num_threads(cfg.threads or torch.get_num_threads())
-    torch.set_flush_denormal(flush_denormals)
     trainer = Trainer(cfg, dataset)
     if from_run is not None:
         checkpoint = latest_checkpoint(from_run)
@@ -102,87 +100,104 @@ def split(events, steps: int) -> dict[str, float]:
     return per_step
 
 
+def setting_name(compile_mode: str, denormals: str) -> str:
+    return f"{compile_mode}, denormals {denormals}"
+
+
 def profile_settings(
     train_args: list[str],
     modes: list[str],
+    denormals: list[str],
     warmup: int,
     steps: int,
     blocks: int = 10,
     from_run: Path | None = None,
-    flush_denormals: bool = True,
 ) -> dict[str, dict[str, float]]:
     """Each setting's split (``split``) and its unprofiled step time: the median over
     ``blocks`` blocks of ``steps / blocks`` steps, the settings' blocks alternating so that
     a change in the machine's speed hits all of them."""
+    flushed_before = denormals_flushed()
+    settings = [(mode, handling) for mode in modes for handling in denormals]
     results: dict[str, dict[str, float]] = {}
-    with TemporaryDirectory(prefix="fastgp-step-profile-") as tmp:
-        trainers = {
-            mode: build_trainer(train_args, mode, Path(tmp) / mode, from_run, flush_denormals)
-            for mode in modes
-        }
-        for trainer in trainers.values():
-            for _ in range(warmup):
-                trainer.train_step()
-            trainer.check_finite()
-        per_block = max(steps // blocks, 1)
-        times: dict[str, list[float]] = {mode: [] for mode in modes}
-        for _ in range(blocks):
-            for mode, trainer in trainers.items():
-                began = time.perf_counter()
-                for _ in range(per_block):
-                    trainer.train_step()
-                trainer.check_finite()
-                times[mode].append((time.perf_counter() - began) / per_block * 1e3)
-        for mode, trainer in trainers.items():
-            with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
-                for _ in range(steps):
-                    trainer.train_step()
-                trainer.check_finite()
-            results[mode] = split(prof.key_averages(), steps)
-            results[mode]["wall_ms_unprofiled"] = statistics.median(times[mode])
+    try:
+        with TemporaryDirectory(prefix="fastgp-step-profile-") as tmp:
+            trainers = {
+                setting: build_trainer(train_args, setting[0], Path(tmp) / str(i), from_run)
+                for i, setting in enumerate(settings)
+            }
+
+            def run(setting: tuple[str, str], count: int) -> None:
+                torch.set_flush_denormal(setting[1] == "flushed")
+                for _ in range(count):
+                    trainers[setting].train_step()
+                trainers[setting].check_finite()
+
+            for setting in settings:
+                run(setting, warmup)
+            per_block = max(steps // blocks, 1)
+            times: dict[tuple[str, str], list[float]] = {setting: [] for setting in settings}
+            for _ in range(blocks):
+                for setting in settings:
+                    began = time.perf_counter()
+                    run(setting, per_block)
+                    times[setting].append((time.perf_counter() - began) / per_block * 1e3)
+            for setting in settings:
+                activities = [torch.profiler.ProfilerActivity.CPU]
+                with torch.profiler.profile(activities=activities) as prof:
+                    run(setting, steps)
+                result = split(prof.key_averages(), steps)
+                result["wall_ms_unprofiled"] = statistics.median(times[setting])
+                results[setting_name(*setting)] = result
+    finally:
+        torch.set_flush_denormal(flushed_before)
     return results
 
 
 def table(results: dict[str, dict[str, float]]) -> str:
     columns = ("wall_ms_unprofiled", "total", "matmul", "optimizer", "compiled_graph", "other")
     lines = [
-        "| --compile | step ms (no profiler) | profiled self CPU ms | matrix products | "
-        "optimiser step | compiled graphs' code | other |",
+        "| --compile, denormals | step ms (no profiler) | profiled self CPU ms | matrix products "
+        "| optimiser step | compiled graphs' code | other |",
         "|---|" + "---:|" * len(columns),
     ]
-    for mode, r in results.items():
+    for name, r in results.items():
         share = [f"{r[c]:.2f} ({100 * r[c] / r['total']:.0f}%)" for c in columns[2:]]
-        lines.append(f"| {mode} | {r[columns[0]]:.2f} | {r['total']:.2f} | " + " | ".join(share))
+        lines.append(
+            f"| {name} | {r[columns[0]]:.2f} | {r['total']:.2f} | " + " | ".join(share) + " |"
+        )
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.step_profile", description=__doc__)
     p.add_argument("--compile", default="off,auto", help="comma list of --compile settings")
+    p.add_argument(
+        "--denormals",
+        default="flushed",
+        help="comma list of flushed (as fastgp train runs on the CPU) and kept",
+    )
     p.add_argument("--warmup", type=int, default=200, help="generator steps before timing")
     p.add_argument("--steps", type=int, default=100, help="generator steps timed and profiled")
     p.add_argument("--train-args", default="", help="`fastgp train` arguments (default run)")
-    p.add_argument("--out", type=Path, default=None, help="write the numbers as JSON here")
     p.add_argument(
         "--from-run",
         type=Path,
         default=None,
         help="start from this run's newest checkpoint (default: fresh weights)",
     )
-    p.add_argument(
-        "--keep-denormals",
-        action="store_true",
-        help="do not flush denormals to zero (fastgp train flushes them on the CPU)",
-    )
+    p.add_argument("--out", type=Path, default=None, help="write the numbers as JSON here")
     args = p.parse_args(argv)
+    denormals = args.denormals.split(",")
+    if not set(denormals) <= {"flushed", "kept"}:
+        p.error(f"--denormals takes flushed and kept, got {args.denormals!r}")
     train_args = shlex.split(args.train_args)
     results = profile_settings(
         train_args,
         args.compile.split(","),
+        denormals,
         args.warmup,
         args.steps,
         from_run=args.from_run,
-        flush_denormals=not args.keep_denormals,
     )
     command = " ".join(["fastgp train", *train_args])
     print(f"`{command}`, per generator step:")
@@ -192,7 +207,6 @@ def main(argv: list[str] | None = None) -> int:
             "train_args": args.train_args,
             "steps": args.steps,
             "from_run": None if args.from_run is None else str(args.from_run),
-            "denormals": "kept" if args.keep_denormals else "flushed",
             "results": results,
         }
         args.out.write_text(json.dumps(record, indent=1) + "\n")

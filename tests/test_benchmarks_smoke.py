@@ -301,9 +301,37 @@ def test_step_profile_splits_a_generator_step(tmp_path, capsys):
          "--out", str(out)]
     ) == 0  # fmt: skip
     shown = capsys.readouterr().out
-    assert "`fastgp train --batch-size 32" in shown and "| off |" in shown
-    result = json.loads(out.read_text())["results"]["off"]
+    assert "`fastgp train --batch-size 32" in shown and "| off, denormals flushed |" in shown
+    result = json.loads(out.read_text())["results"]["off, denormals flushed"]
     parts = sum(result[k] for k in ("matmul", "optimizer", "compiled_graph", "other"))
     assert result["total"] == pytest.approx(parts)
     assert result["matmul"] > 0 and result["optimizer"] > 0 and result["compiled_graph"] == 0
     assert result["wall_ms_unprofiled"] > 0
+
+
+def test_step_profile_sets_each_settings_denormal_handling_and_restores_it(monkeypatch):
+    import torch
+
+    from benchmarks import step_profile
+    from fastgp.train.cli import denormals_flushed
+
+    seen = []
+
+    class Trainer:
+        def __init__(self, setting):
+            self.setting = setting
+
+        def train_step(self):
+            seen.append((self.setting, denormals_flushed()))
+
+        def check_finite(self):
+            pass
+
+    made = iter([("off", "flushed"), ("off", "kept")])
+    monkeypatch.setattr(step_profile, "build_trainer", lambda *a: Trainer(next(made)))
+    torch.set_flush_denormal(False)
+    results = step_profile.profile_settings([], ["off"], ["flushed", "kept"], 1, 2, blocks=2)
+    assert set(results) == {"off, denormals flushed", "off, denormals kept"}
+    assert {flushed for (_, handling), flushed in seen if handling == "flushed"} == {True}
+    assert {flushed for (_, handling), flushed in seen if handling == "kept"} == {False}
+    assert not denormals_flushed()
