@@ -54,7 +54,7 @@ def build_trainer(
     its thread count), with the newest checkpoint of ``from_run`` loaded (None: fresh
     weights)."""
     from fastgp.train import config
-    from fastgp.train.data import load_dataset
+    from fastgp.train.data import load_dataset_of
     from fastgp.train.run.checkpoint import latest_checkpoint, load_checkpoint
     from fastgp.train.run.trainer import Trainer
 
@@ -63,13 +63,7 @@ def build_trainer(
     )
     cfg = config.merge({**options, **flags})
     config.check(cfg)
-    dataset = load_dataset(
-        cfg.dataset,
-        data_dir=cfg.data_dir,
-        image_size=cfg.image_size,
-        channels=cfg.channels,
-        seed=cfg.seed,
-    )
+    dataset = load_dataset_of(cfg)
     cfg = config.resolve(cfg, dataset.sample_shape)
     torch.set_num_threads(cfg.threads or torch.get_num_threads())
     trainer = Trainer(cfg, dataset)

@@ -145,6 +145,15 @@ def device(request: pytest.FixtureRequest) -> torch.device:
 
 
 @pytest.fixture
+def fresh_dynamo():
+    """Dynamo's caches empty before and after: every Trainer or step has new modules, so
+    dynamo would keep adding graphs to the shared cache of a compiled function."""
+    torch._dynamo.reset()
+    yield
+    torch._dynamo.reset()
+
+
+@pytest.fixture
 def fresh_selection(monkeypatch: pytest.MonkeyPatch):
     """No cached backend choices or warnings, and no FASTGP_BACKEND, before and after."""
     monkeypatch.delenv("FASTGP_BACKEND", raising=False)

@@ -19,16 +19,10 @@ from fastgp.train.gan.optimizers import build_optimizer
 from fastgp.train.run import compiled
 from fastgp.train.run.run_log import read_metrics
 
-pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")  # torch.jit in dynamo
-
-
-@pytest.fixture(autouse=True)
-def _fresh_dynamo():
-    # Every Trainer has new modules, so dynamo would keep adding graphs to the shared
-    # cache of critic_gradients / generator_gradients: start each test empty.
-    torch._dynamo.reset()
-    yield
-    torch._dynamo.reset()
+pytestmark = [
+    pytest.mark.filterwarnings("ignore::DeprecationWarning"),  # torch.jit in dynamo
+    pytest.mark.usefixtures("fresh_dynamo"),
+]
 
 
 def _cfg(**options) -> config.TrainConfig:

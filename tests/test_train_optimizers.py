@@ -23,14 +23,10 @@ from fastgp.train.gan.optimizers import (
     in_graph_unsupported,
 )
 
-pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")  # torch.jit in dynamo
-
-
-@pytest.fixture(autouse=True)
-def _fresh_dynamo():
-    torch._dynamo.reset()
-    yield
-    torch._dynamo.reset()
+pytestmark = [
+    pytest.mark.filterwarnings("ignore::DeprecationWarning"),  # torch.jit in dynamo
+    pytest.mark.usefixtures("fresh_dynamo"),
+]
 
 
 def _net(seed: int = 0) -> nn.Module:

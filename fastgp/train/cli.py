@@ -103,7 +103,7 @@ def _train(prog: str, cfg, device, resuming: bool) -> int:
 
     from fastgp.backends import BackendUnavailable, resolve_backend
     from fastgp.train import config
-    from fastgp.train.data import load_dataset
+    from fastgp.train.data import load_dataset_of
     from fastgp.train.run import distributed
     from fastgp.train.run.checkpoint import latest_checkpoint, load_checkpoint
     from fastgp.train.run.loop import run_training
@@ -113,13 +113,7 @@ def _train(prog: str, cfg, device, resuming: bool) -> int:
         torch.use_deterministic_algorithms(True)
     try:
         resolve_backend(cfg.backend, device, torch.float32)
-        dataset = load_dataset(
-            cfg.dataset,
-            data_dir=cfg.data_dir,
-            image_size=cfg.image_size,
-            channels=cfg.channels,
-            seed=cfg.seed,
-        )
+        dataset = load_dataset_of(cfg)
         cfg = config.resolve(cfg, dataset.sample_shape)
     except (BackendUnavailable, config.ConfigError, ValueError, FileNotFoundError) as e:
         return _error(prog, str(e))

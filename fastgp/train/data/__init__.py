@@ -18,6 +18,14 @@ Modules: ``base`` (the ``Dataset`` contract), one module per family, ``load``
 """
 
 from fastgp.train.data.base import Dataset, LabelledImages
-from fastgp.train.data.load import DATASETS, TOY_DATASETS, is_toy, load_dataset
+from fastgp.train.data.load import DATASETS, TOY_DATASETS, is_toy, load_dataset, load_dataset_of
 
-__all__ = ["DATASETS", "TOY_DATASETS", "Dataset", "LabelledImages", "is_toy", "load_dataset"]
+__all__ = [
+    "DATASETS",
+    "TOY_DATASETS",
+    "Dataset",
+    "LabelledImages",
+    "is_toy",
+    "load_dataset",
+    "load_dataset_of",
+]

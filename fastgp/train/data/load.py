@@ -1,6 +1,9 @@
-"""``load_dataset(name, ...)``: every dataset the trainer knows, by name."""
+"""``load_dataset(name, ...)``: every dataset the trainer knows, by name;
+``load_dataset_of(cfg)``: the one a config names."""
 
 from __future__ import annotations
+
+from typing import Any
 
 from fastgp.train.data.arrays import load_array
 from fastgp.train.data.base import Dataset
@@ -81,4 +84,15 @@ def load_dataset(
         3 if channels is None else channels,
         seed,
         SHAPES_NUM_EXAMPLES,
+    )
+
+
+def load_dataset_of(cfg: Any) -> Dataset:
+    """The dataset a ``TrainConfig`` names, loaded as ``fastgp train`` loads it."""
+    return load_dataset(
+        cfg.dataset,
+        data_dir=cfg.data_dir,
+        image_size=cfg.image_size,
+        channels=cfg.channels,
+        seed=cfg.seed,
     )

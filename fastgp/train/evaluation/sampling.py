@@ -19,7 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from fastgp.train.config import TrainConfig, merge
-from fastgp.train.data import Dataset, load_dataset
+from fastgp.train.data import Dataset, load_dataset_of
 from fastgp.train.evaluation.classifier import CLASSIFIER_DIR, load_or_train_classifier
 from fastgp.train.evaluation.image_metrics import MNIST_EVAL_SAMPLES, STACKED_EVAL_SAMPLES
 from fastgp.train.evaluation.metrics import evaluate_generator, generate
@@ -81,14 +81,7 @@ def build_networks(run: LoadedRun, *, ema: bool | None = None) -> tuple[nn.Modul
 
 def run_dataset(run: LoadedRun) -> Dataset:
     """The run's dataset, loaded as it was for training."""
-    cfg = run.cfg
-    return load_dataset(
-        cfg.dataset,
-        data_dir=cfg.data_dir,
-        image_size=cfg.image_size,
-        channels=cfg.channels,
-        seed=cfg.seed,
-    )
+    return load_dataset_of(run.cfg)
 
 
 def draw(generator: nn.Module, num: int, seed: int, device: str = "cpu") -> Tensor:
