@@ -33,10 +33,10 @@ AUTO = {"cuda": "triton", "cpu": "cpp"}
 # reduction) into the kernels of the critic's double backward around it. Measured inside
 # whole compiled critic steps (`python -m benchmarks.run --steps mlp`, providers
 # fastgp_compile_reference and fastgp_compile_kernels, README "Benchmarks"): on CPU the
-# reference formula is the faster of the two (toy MLP nf128 B256, 1 thread, 2026-12-06:
-# 3.95 against 4.19 ms, and 3.17 against 3.31 ms in another run; nf512: 35.4 against
-# 35.7 ms). CUDA has not been measured yet (no GPU was available); it keeps fastgp's
-# Triton kernels until `bash benchmarks/gpu_check.sh` measures both.
+# reference formula is the faster of the two (1 thread, 2026-12-06, results/*2026-12-06*:
+# toy MLP nf128 B256 3.95 against 4.19 ms, nf512 35.4 against 35.7 ms). CUDA has not
+# been measured yet (no GPU was available); it keeps fastgp's Triton kernels until
+# `bash benchmarks/gpu_check.sh` measures both.
 AUTO_WHEN_COMPILED = {"cpu": "torch", "cuda": "triton"}
 
 __all__ = ["BACKENDS", "BackendUnavailable", "resolve_backend", "unavailable_reason"]

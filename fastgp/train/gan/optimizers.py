@@ -24,10 +24,12 @@ from torch.optim.adam import adam as adam_formula
 # The compile modes whose update graphs step Adam inside (``adam_update_``): with CUDA
 # graphs ("reduce-overhead") a replay covers the whole update only when the optimiser's
 # step is in the graph, and the capturable form reads nothing back to the host. Other modes
-# step the optimiser eagerly after the graph: on CPU the traced update made the default toy
-# run's first compile (empty Inductor cache) 15 s longer, 51.8 s against 36.9 s, for at
-# most 3% of a generator step (11.44 against 11.77 ms, interleaved, 1 thread), a loss for
-# a 12000-step run (about 4 s saved).
+# step the optimiser eagerly after the graph. On the CPU (where "reduce-overhead" is an
+# ordinary compile with the update inside) it made the default toy run's generator step
+# 4.7% faster (12.46 against 13.07 ms, `python -m benchmarks.step_profile --compile
+# default,reduce-overhead`) and its first compile 7 s longer (39.8 against 32.3 s, empty
+# Inductor cache); the default keeps the eagerly stepped Adam its quality tables were
+# measured with (the traced update rounds differently, so a run's trajectory changes).
 IN_GRAPH_MODES = frozenset({"reduce-overhead"})
 
 
