@@ -122,9 +122,10 @@ def _train(prog: str, cfg, device, resuming: bool) -> int:
     # Denormal floats (below 1.2e-38) cost the CPU a microcode assist per operation: late
     # in the default toy run a quarter of the generator's Adam second moments are denormal
     # (gradients of dead units decay at beta2 = 0.9 per step), and a generator step took
-    # 27.9 ms eager / 17.8 ms compiled with them against 20.9 / 14.6 flushed to zero
-    # (step 10000's checkpoint, 300 steps, 1 thread). Values that small change no update.
-    # torch sets it for this thread; intra-op threads started after it inherit it.
+    # 22.4 ms eager / 18.3 ms compiled with them against 17.3 / 14.5 flushed to zero
+    # (`python -m benchmarks.step_profile --from-run RUN --denormals flushed,kept`, README
+    # "Benchmarks"). Values that small change no update. torch sets it for this thread;
+    # intra-op threads started after it inherit it.
     torch.set_flush_denormal(True)
 
     try:  # under torchrun: join the group, each process on its own device
