@@ -200,8 +200,11 @@ def step_callable(
     gp = penalty_fn(provider, backend, inputs[0][0].device)
     n = len(inputs)
 
+    def loss_of(real: Tensor, fake: Tensor, alpha: Tensor) -> Tensor:
+        return net(fake).mean() - net(real).mean() + gp(net, real, fake, alpha)
+
     def loss_and_backward(real: Tensor, fake: Tensor, alpha: Tensor) -> Tensor:
-        loss = net(fake).mean() - net(real).mean() + gp(net, real, fake, alpha)
+        loss = loss_of(real, fake, alpha)
         loss.backward()
         return loss.detach()
 
@@ -223,7 +226,7 @@ def step_callable(
     params, adam = list(net.parameters()), InGraphAdam(opt)
 
     def whole_step(real: Tensor, fake: Tensor, alpha: Tensor, tensors: AdamTensors) -> Tensor:
-        loss = net(fake).mean() - net(real).mean() + gp(net, real, fake, alpha)
+        loss = loss_of(real, fake, alpha)
         adam_update_(params, torch.autograd.grad(loss, params), tensors)
         return loss.detach()
 

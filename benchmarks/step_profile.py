@@ -43,7 +43,8 @@ MATMUL_OPS = frozenset(
         "aten::_convolution",
     }
 )
-OPTIMIZER_PREFIX = "Optimizer.step"  # the record_function of torch.optim steps
+# torch.optim's step (its record_function) and the fused Adam kernel inside it.
+OPTIMIZER_PREFIXES = ("Optimizer.step", "aten::_fused_adam")
 GRAPH_PREFIX = "## Call CompiledFxGraph"  # an Inductor graph's own code
 
 
@@ -83,7 +84,7 @@ def split(events, steps: int) -> dict[str, float]:
         ms = event.self_cpu_time_total / 1e3
         if event.key in MATMUL_OPS:
             kinds["matmul"] += ms
-        elif event.key.startswith(OPTIMIZER_PREFIX) or event.key.startswith("aten::_fused_adam"):
+        elif event.key.startswith(OPTIMIZER_PREFIXES):
             kinds["optimizer"] += ms
         elif event.key.startswith(GRAPH_PREFIX):
             kinds["compiled_graph"] += ms
